@@ -1,0 +1,187 @@
+"""A converted dataset on disk: manifest.json, shards, label sets and masks.
+
+Layout written by tools/make_shards.py (DESIGN.md "The way data flows"):
+
+    <root>/<name>/manifest.json
+    <root>/<name>/<split>-NNNNNN.tar / .idx
+    <root>/<name>/labels/<split>/<label set>.npy     int64 (N,), indexed by idx
+    <root>/<name>/labels/<split>/source_index.npy    int64 (N,), idx -> source position
+    <root>/<name>/labels/<split>/masks/<mask>.npy    bool (N,)
+
+Label sets and masks live outside the shards, so adding one never rewrites a shard.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.shards import sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShardEntry(_Strict):
+    tar: str
+    index: str
+    num_samples: int
+    tar_sha256: str
+    index_sha256: str
+
+
+class ArrayEntry(_Strict):
+    """One per-sample array file (label set, mask, source index)."""
+
+    file: str  # relative to the dataset directory
+    sha256: str
+    kind: str  # "clean", "symmetric", "cifar10n", "mask", "source_index", ...
+    params: dict = {}  # generator parameters (rate, seed, ...) or the published file used
+    noise_rate: float | None = None  # realised fraction of labels != clean
+    transition_matrix: list[list[float]] | None = None  # row-normalised, rows = clean class
+    count: int | None = None  # for masks: number of True entries
+
+
+class SplitEntry(_Strict):
+    num_samples: int
+    shards: list[ShardEntry]
+    source_index: ArrayEntry
+    source_keys: str  # JSON list file: idx -> source key (path in archive, or "batch:pos")
+    label_sets: dict[str, ArrayEntry]
+    masks: dict[str, ArrayEntry] = {}
+
+
+class Manifest(_Strict):
+    format_version: int
+    name: str
+    classes: list[str]
+    image_ext: str
+    splits: dict[str, SplitEntry]
+    provenance: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DatasetError(ValueError):
+    """A converted dataset is missing, corrupt or asked for something it does not hold."""
+
+
+class Dataset:
+    """Read access to a converted dataset directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise DatasetError(
+                f"{manifest_path} not found: convert the dataset first with tools/make_shards.py "
+                f"(see README, 'Preparing data')"
+            )
+        try:
+            self.manifest = Manifest.model_validate_json(manifest_path.read_text())
+        except ValueError as err:
+            raise DatasetError(f"{manifest_path} is not a valid noisyflow manifest: {err}") from err
+        if self.manifest.format_version != FORMAT_VERSION:
+            raise DatasetError(
+                f"{manifest_path} has format_version {self.manifest.format_version}, this code reads "
+                f"{FORMAT_VERSION}: re-run tools/make_shards.py with --force"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    def split(self, split: str) -> SplitEntry:
+        if split not in self.manifest.splits:
+            raise DatasetError(
+                f"{self.path}: no split {split!r}; it has {sorted(self.manifest.splits)}"
+            )
+        return self.manifest.splits[split]
+
+    def num_samples(self, split: str) -> int:
+        return self.split(split).num_samples
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.path / s.tar for s in self.split(split).shards]
+
+    def index_paths(self, split: str) -> list[Path]:
+        return [self.path / s.index for s in self.split(split).shards]
+
+    def label_set_entry(self, split: str, name: str) -> ArrayEntry:
+        sets = self.split(split).label_sets
+        if name not in sets:
+            raise DatasetError(
+                f"{self.path}: split {split!r} has no label set {name!r}; it has {sorted(sets)}. "
+                f"Add one with tools/make_shards.py --add-label-set"
+            )
+        return sets[name]
+
+    def labels(self, split: str, name: str = "clean") -> np.ndarray:
+        """int64 (N,) labels indexed by the global idx, checked against the manifest."""
+        entry = self.label_set_entry(split, name)
+        return self._load_array(entry, np.int64, split, f"label set {name!r}")
+
+    def mask(self, split: str, name: str) -> np.ndarray:
+        masks = self.split(split).masks
+        if name not in masks:
+            raise DatasetError(f"{self.path}: split {split!r} has no mask {name!r}; it has {sorted(masks)}")
+        return self._load_array(masks[name], np.bool_, split, f"mask {name!r}")
+
+    def source_index(self, split: str) -> np.ndarray:
+        return self._load_array(self.split(split).source_index, np.int64, split, "source_index")
+
+    def source_keys(self, split: str) -> list[str]:
+        return json.loads((self.path / self.split(split).source_keys).read_text())
+
+    def _load_array(self, entry: ArrayEntry, dtype, split: str, what: str) -> np.ndarray:
+        path = self.path / entry.file
+        if not path.is_file():
+            raise DatasetError(f"{path} ({what} of split {split!r}) is missing: re-run tools/make_shards.py")
+        array = np.load(path)
+        n = self.num_samples(split)
+        if array.shape != (n,) or array.dtype != dtype:
+            raise DatasetError(
+                f"{path} ({what}) has shape {array.shape} dtype {array.dtype}, expected ({n},) {np.dtype(dtype)}"
+            )
+        if dtype == np.int64 and what.startswith("label set") and len(array):
+            if array.min() < 0 or array.max() >= self.num_classes:
+                bad = int(np.flatnonzero((array < 0) | (array >= self.num_classes))[0])
+                raise DatasetError(
+                    f"{path}: label {array[bad]} at idx {bad} is outside [0, {self.num_classes})"
+                )
+        return array
+
+    def verify(self) -> None:
+        """Checks the sha256 of every file the manifest lists (slow on big datasets)."""
+        for split_name, split in self.manifest.splits.items():
+            files = [(s.tar, s.tar_sha256) for s in split.shards]
+            files += [(s.index, s.index_sha256) for s in split.shards]
+            files += [(e.file, e.sha256) for e in split.label_sets.values()]
+            files += [(e.file, e.sha256) for e in split.masks.values()]
+            files.append((split.source_index.file, split.source_index.sha256))
+            for rel, expected in files:
+                path = self.path / rel
+                if not path.is_file():
+                    raise DatasetError(f"{path} listed in the manifest (split {split_name!r}) is missing")
+                if sha256_file(path) != expected:
+                    raise DatasetError(
+                        f"{path} does not match its sha256 in the manifest: the file is corrupt or was "
+                        f"changed; re-run tools/make_shards.py --force"
+                    )

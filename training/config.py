@@ -1,0 +1,162 @@
+"""Typed run configuration: YAML recipes + dotted command-line overrides, validated by pydantic.
+
+A recipe may name a `base:` recipe (path relative to itself) and override only what differs, so
+named runs derive from one another instead of copying. Overrides look like `optim.lr=0.05`;
+their values are parsed as YAML scalars, and an unknown or ill-typed key is an error naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    root: str  # directory holding converted datasets (<root>/<name>/manifest.json)
+    name: str  # dataset directory name, e.g. "cifar10"
+    label_set: str  # noisy label set used for training, e.g. "sym-0.40-s0"
+    clean_label_set: str | None = "clean"  # for diagnostics only; None when the clean labels are unknown
+    train_split: str = "train"
+    test_split: str = "test"
+    exclude_mask: str | None = None  # mask of idx left out of training (e.g. the clean meta subset)
+    loader: Literal["stream", "cache"] = "cache"
+    transform: Literal["cifar", "imagenet"] = "cifar"
+    image_size: int = Field(32, gt=0)  # output side in px (32 CIFAR, 224 ImageNet-style)
+    batch_size: int = Field(128, gt=0)  # per process
+    eval_batch_size: int = Field(512, gt=0)  # per process
+    num_threads: int = Field(2, gt=0)  # DALI / decode worker threads per process
+
+
+class ModelConfig(_Section):
+    name: str  # a name from training.models.MODELS
+
+
+class OptimConfig(_Section):
+    lr: float = Field(gt=0)  # SGD learning rate at the start of the schedule
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = []  # epochs at which multistep multiplies lr by gamma
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up from lr/10 (per step)
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> "OptimConfig":
+        if self.schedule == "multistep" and sorted(self.milestones) != self.milestones:
+            raise ValueError(f"optim.milestones must be increasing, got {self.milestones}")
+        return self
+
+
+class MethodConfig(_Section):
+    name: str = "ce"  # a name from training.methods.METHODS
+    params: dict[str, Any] = {}  # validated by the method's own config model
+
+
+class Config(_Section):
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+    method: MethodConfig = MethodConfig()
+    epochs: int = Field(gt=0)
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False  # force CPU even where a GPU is present
+    out_dir: str = "runs"
+    run_name: str | None = None  # default: <dataset>-<label_set>-<method>-s<seed>
+    eval_every: int = Field(1, gt=0)  # epochs
+    keep_checkpoints: int = Field(1, ge=1)  # most recent epoch checkpoints kept
+    deterministic: bool = False  # torch deterministic algorithms (slower; for exact resume tests)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        if any(m >= self.epochs for m in self.optim.milestones):
+            raise ValueError(
+                f"optim.milestones {self.optim.milestones} must be < epochs ({self.epochs}); "
+                f"set optim.milestones=[...] for this length of run"
+            )
+        return self
+
+    @property
+    def resolved_run_name(self) -> str:
+        return self.run_name or f"{self.data.name}-{self.data.label_set}-{self.method.name}-s{self.seed}"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is wrong; the message names the file or key."""
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain {[str(p) for p in seen]}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(_read_recipe(path.parent / base, seen + (path,)), raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    value = yaml.safe_load(text) if text else ""
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key {key!r}")
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    tree = _read_recipe(Path(path)) if path else {}
+    for override in overrides:
+        _apply_override(tree, override)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config ({path}): {_describe(err)}") from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,85 @@
+"""Evaluation and training-pass metrics, correct with several processes.
+
+Each process sees its own part of a split; predictions are gathered with their idx, padding is
+dropped and duplicates are removed by idx, so every sample counts exactly once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PAD = -1  # idx value marking padding added to equalise gathered tensors
+
+
+def gather_by_idx(accelerator, idx: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gathers (idx (n,), values (n,)) from all processes; returns them sorted by idx, unique."""
+    idx = accelerator.pad_across_processes(idx, dim=0, pad_index=PAD)
+    values = accelerator.pad_across_processes(values, dim=0, pad_index=PAD)
+    idx, values = accelerator.gather(idx), accelerator.gather(values)
+    keep = idx != PAD
+    idx, values = idx[keep], values[keep]
+    order = torch.argsort(idx, stable=True)
+    idx, values = idx[order], values[order]
+    first = torch.ones_like(idx, dtype=torch.bool)
+    first[1:] = idx[1:] != idx[:-1]
+    return idx[first], values[first]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (idx, predicted class) over the whole split, gathered from all processes."""
+    model.eval()
+    all_idx, all_pred = [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits = model(batch.images)
+        all_idx.append(batch.idx)
+        all_pred.append(logits.argmax(dim=1))
+    device = accelerator.device
+    idx = torch.cat(all_idx) if all_idx else torch.empty(0, dtype=torch.long, device=device)
+    pred = torch.cat(all_pred) if all_pred else torch.empty(0, dtype=torch.long, device=device)
+    return gather_by_idx(accelerator, idx, pred)
+
+
+@dataclass
+class TrainTally:
+    """Sums over one epoch's training batches (this process only until `reduced`)."""
+
+    has_clean: bool  # clean labels are known, so clean accuracy and memorisation can be measured
+    samples: float = 0.0
+    loss_sum: float = 0.0  # sum of per-batch loss x batch size
+    correct_noisy: float = 0.0  # prediction == given (noisy) label
+    correct_clean: float = 0.0  # prediction == clean label
+    mislabelled: float = 0.0  # samples whose given label != clean label
+    memorised: float = 0.0  # mislabelled samples predicted as their given (wrong) label
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | None) -> None:
+        """logits (B, K); noisy, clean (B,) int64 labels of the batch (clean None when unknown)."""
+        pred = logits.argmax(dim=1)
+        n = pred.numel()
+        self.samples += n
+        self.loss_sum += float(loss) * n
+        self.correct_noisy += float((pred == noisy).sum())
+        if self.has_clean:
+            wrong = noisy != clean
+            self.correct_clean += float((pred == clean).sum())
+            self.mislabelled += float(wrong.sum())
+            self.memorised += float((wrong & (pred == noisy)).sum())
+
+    def reduced(self, accelerator) -> dict[str, float]:
+        fields = ["samples", "loss_sum", "correct_noisy", "correct_clean", "mislabelled", "memorised"]
+        totals = torch.tensor([getattr(self, f) for f in fields], dtype=torch.float64, device=accelerator.device)
+        totals = accelerator.reduce(totals, reduction="sum")
+        t = dict(zip(fields, totals.tolist()))
+        n = max(t["samples"], 1.0)
+        out = {
+            "train_samples": int(t["samples"]),
+            "train_loss": t["loss_sum"] / n,
+            "train_acc_noisy": t["correct_noisy"] / n,
+        }
+        if self.has_clean:
+            out["train_acc_clean"] = t["correct_clean"] / n
+            out["memorised"] = t["memorised"] / max(t["mislabelled"], 1.0)
+        return out

@@ -1,0 +1,22 @@
+"""Method registry: an explicit list, one file per method (STYLE 8)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from training.methods.base import Method, MethodContext
+from training.methods.ce import CE
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE,)}
+
+
+def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    try:
+        config = cls.Config.model_validate(params)
+    except ValidationError as err:
+        bad = "; ".join(f"method.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"invalid parameters for method {name!r}: {bad}") from None
+    return cls(config, ctx)

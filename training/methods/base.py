@@ -1,0 +1,89 @@
+"""The Method interface the trainer drives (DESIGN rule 4).
+
+A method declares what it needs (per-sample arrays, data views, the clean subset, its models)
+and supplies either `loss` (the trainer runs the standard step) or its own `train_step`
+(several models, meta steps). Methods never log, checkpoint or compute metrics: the trainer does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from pipeline.batch import Batch
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """A per-sample array the method keeps in the sample store, indexed by the global idx."""
+
+    name: str
+    row_shape: tuple[int, ...]  # () for a scalar per sample, (K,) for a soft label
+    dtype: str  # numpy dtype name, e.g. "float32", "int32"
+    init: float | str = 0.0  # a constant, or "one_hot_noisy" (initialised from the noisy labels)
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    views: tuple[str, ...] = ()  # extra augmented views per batch, e.g. ("weak", "strong")
+    clean_subset: bool = False  # needs the clean meta subset as a second stream
+
+
+@dataclass
+class MethodContext:
+    """What the trainer hands a method when it builds it."""
+
+    num_classes: int
+    num_samples: int  # N of the training split (state arrays have N rows)
+    noisy_labels: torch.Tensor  # (N,) int64 on the training device, indexed by idx
+    epochs: int
+    build_model: Callable[[], nn.Module]  # a fresh model of the configured architecture
+    build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the configured optimiser
+
+
+@dataclass
+class StepOutput:
+    terms: dict[str, torch.Tensor]  # "loss" plus any scalar terms to log
+    logits: torch.Tensor  # (B, K) main-model logits on the batch, for the trainer's metrics
+
+
+class Method:
+    """Base class: subclasses set `name`, `Config` and implement `loss` or `train_step`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]] = NoParams
+    needs: ClassVar[DataNeeds] = DataNeeds()
+
+    def __init__(self, config: BaseModel, ctx: MethodContext):
+        self.config = config
+        self.ctx = ctx
+
+    def state_arrays(self) -> list[ArraySpec]:
+        return []
+
+    def build_models(self) -> dict[str, nn.Module]:
+        """Models this method trains; "model" is the one the trainer evaluates."""
+        return {"model": self.ctx.build_model()}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """logits (B, K), labels (B,) int64 noisy labels of batch.idx -> {"loss": scalar, ...}."""
+        raise NotImplementedError(f"method {self.name!r} must implement loss() or train_step()")
+
+    #: Set by methods that run their own step; the trainer then calls `train_step`.
+    custom_step: ClassVar[bool] = False
+
+    def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, nn.Module],
+                   optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        """Epoch hook; returns method-specific metrics for the epoch's log row."""
+        return {}

@@ -1,0 +1,16 @@
+"""Cross-entropy on the given (noisy) labels: the baseline every method is compared with. State: none."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.batch import Batch
+from training.methods.base import Method
+
+
+class CE(Method):
+    name = "ce"
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        return {"loss": F.cross_entropy(logits.float(), labels)}

@@ -1,0 +1,66 @@
+"""Run outputs (DESIGN "<out>/<run>/"): config.yaml, metrics.jsonl, results.json, checkpoints/.
+
+Files are replaced atomically (write a temp file, then os.replace), so an interrupted run never
+leaves a half-written one in place of a good one."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """metrics.jsonl holds one JSON row per finished epoch; rewritten whole so a resume never duplicates rows."""
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def code_version() -> dict:
+    """The git commit of the code that ran (and whether it had uncommitted changes)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def hardware(num_processes: int) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "gpus": gpus,
+        "num_processes": num_processes,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }

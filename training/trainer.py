@@ -1,0 +1,274 @@
+"""The training loop (Accelerate): data, models, optimisers, evaluation, logging, checkpoints.
+
+The trainer knows no method: it asks the Method for its models and either its loss (standard
+step) or its own train step, then measures, logs and checkpoints the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from pipeline import transforms
+from pipeline.dataset import Dataset
+from pipeline.loader import make_loader
+from training.config import Config, ConfigError, dump_config
+from training.evaluation import TrainTally, predict
+from training.methods import build_method
+from training.methods.base import MethodContext, StepOutput
+from training.models import build_model
+from training.outputs import code_version, hardware, write_atomic, write_json, write_metrics
+from training.schedule import lr_factor
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+class Progress:
+    """Finished epochs and their metrics; checkpointed with the model so --resume continues exactly."""
+
+    def __init__(self) -> None:
+        self.epochs_done = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+
+    def state_dict(self) -> dict:
+        return {"epochs_done": self.epochs_done, "history": self.history, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs_done = state["epochs_done"]
+        self.history = list(state["history"])
+        self.train_seconds = state["train_seconds"]
+
+
+def _check_devices(config: Config) -> None:
+    gpu = torch.cuda.is_available() and not config.cpu
+    if config.mixed_precision == "fp16" and not gpu:
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; on CPU use mixed_precision=bf16 or no")
+
+
+def _transform(config: Config) -> transforms.TransformConfig:
+    preset = transforms.cifar10 if config.data.transform == "cifar" else transforms.imagenet
+    return preset(size=config.data.image_size)
+
+
+class Trainer:
+    def __init__(self, config: Config, resume: bool = False):
+        _check_devices(config)
+        self.config = config
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
+        set_seed(config.seed, deterministic=config.deterministic)
+        self.run_dir = Path(config.out_dir) / config.resolved_run_name
+        self.ckpt_dir = self.run_dir / CHECKPOINTS
+        self._prepare_run_dir(resume)
+        self._build_data()
+        self._build_method()
+        self.progress = Progress()
+        self.accelerator.register_for_checkpointing(self.progress, *self.schedulers.values())
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        has_checkpoint = self._latest_checkpoint() is not None
+        if resume and not has_checkpoint:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir}; start the run without --resume")
+        if not resume and (has_checkpoint or (self.run_dir / "results.json").exists()):
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or set run_name=... "
+                f"or out_dir=... for a new one"
+            )
+        if self.accelerator.is_main_process:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.run_dir / "config.yaml", dump_config(self.config))
+        self.accelerator.wait_for_everyone()
+
+    def _build_data(self) -> None:
+        data, acc = self.config.data, self.accelerator
+        self.dataset = Dataset(Path(data.root) / data.name)
+        device = acc.device
+        self.label_entry = self.dataset.label_set_entry(data.train_split, data.label_set)
+        self.noisy = torch.from_numpy(self.dataset.labels(data.train_split, data.label_set)).to(device)  # (N,)
+        self.clean = None
+        if data.clean_label_set:
+            self.clean = torch.from_numpy(self.dataset.labels(data.train_split, data.clean_label_set)).to(device)
+        self.test_labels = torch.from_numpy(self.dataset.labels(data.test_split, "clean")).to(device)  # (N_test,)
+        exclude = self.dataset.mask(data.train_split, data.exclude_mask) if data.exclude_mask else None
+        common = dict(mode=data.loader, transform=_transform(self.config), device=device,
+                      process_index=acc.process_index, num_processes=acc.num_processes, num_threads=data.num_threads)
+        self.train_loader = make_loader(self.dataset, data.train_split, batch_size=data.batch_size, train=True,
+                                        seed=self.config.seed, exclude=exclude, **common)
+        self.test_loader = make_loader(self.dataset, data.test_split, batch_size=data.eval_batch_size, train=False,
+                                       **common)
+
+    def _build_method(self) -> None:
+        cfg, acc = self.config, self.accelerator
+        optim = cfg.optim
+        build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
+                                  weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        ctx = MethodContext(
+            num_classes=self.dataset.num_classes,
+            num_samples=self.dataset.num_samples(cfg.data.train_split),
+            noisy_labels=self.noisy,
+            epochs=cfg.epochs,
+            build_model=partial(build_model, cfg.model.name, self.dataset.num_classes),
+            build_optimizer=build_optimizer,
+        )
+        self.method = build_method(cfg.method.name, cfg.method.params, ctx)
+        models = self.method.build_models()
+        self.models = {name: acc.prepare(model) for name, model in models.items()}
+        self.optimizers = {name: acc.prepare(build_optimizer(m.parameters())) for name, m in self.models.items()}
+        steps = len(self.train_loader)
+        factor = partial(lr_factor, steps_per_epoch=steps, epochs=cfg.epochs, optim=optim)
+        # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                           for name, opt in self.optimizers.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.ckpt_dir.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        return done[-1] if done else None
+
+    def _resume(self) -> None:
+        path = self._latest_checkpoint()
+        self.accelerator.load_state(str(path))
+        log.info("resumed from %s after epoch %d", path, self.progress.epochs_done)
+
+    def _save_checkpoint(self) -> None:
+        """Writes epoch-NNNN.tmp, then renames it: a crash mid-save leaves the previous checkpoint intact."""
+        acc = self.accelerator
+        final = self.ckpt_dir / f"epoch-{self.progress.epochs_done:04d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            tmp.rename(final)
+            kept = sorted(p for p in self.ckpt_dir.glob("epoch-*") if not p.name.endswith(".tmp"))
+            for old in kept[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _train_epoch(self, epoch: int) -> dict:
+        acc, method = self.accelerator, self.method
+        model, optimizer = self.models["model"], self.optimizers["model"]
+        for m in self.models.values():
+            m.train()
+        self.train_loader.set_epoch(epoch)
+        tally = TrainTally(has_clean=self.clean is not None)
+        bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        for batch in bar:
+            labels = self.noisy[batch.idx]  # (B,) int64 given labels
+            if method.custom_step:
+                out = method.train_step(batch, labels, self.models, self.optimizers, acc, epoch)
+            else:
+                with acc.autocast():
+                    logits = model(batch.images)  # (B, K)
+                    terms = method.loss(logits, labels, batch, epoch)
+                acc.backward(terms["loss"])
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                out = StepOutput(terms=terms, logits=logits.detach())
+            for scheduler in self.schedulers.values():
+                scheduler.step()
+            loss = out.terms["loss"].detach()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: loss is {loss.item()} (batch idx {batch.idx[:8].tolist()}...); "
+                    f"lower optim.lr or use mixed_precision=bf16 instead of fp16"
+                )
+            tally.add(out.logits, loss, labels, self.clean[batch.idx] if self.clean is not None else None)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return tally.reduced(acc)
+
+    def _evaluate(self) -> float:
+        idx, pred = predict(self.models["model"], self.test_loader, self.accelerator)
+        n = self.test_labels.numel()
+        if idx.numel() != n:
+            raise RuntimeError(f"evaluation saw {idx.numel()} distinct test samples, expected {n}")
+        return float((pred == self.test_labels[idx]).float().mean())
+
+    def fit(self) -> dict:
+        cfg, acc = self.config, self.accelerator
+        for epoch in range(self.progress.epochs_done, cfg.epochs):
+            lr = self.schedulers["model"].get_last_lr()[0]
+            start = time.perf_counter()
+            row = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(epoch)}
+            if acc.num_processes > 1 or torch.cuda.is_available():
+                acc.wait_for_everyone()
+            seconds = time.perf_counter() - start
+            self.progress.train_seconds += seconds
+            row["epoch_seconds"] = seconds
+            row["images_per_s"] = row["train_samples"] / seconds
+            row.update(self.method.on_epoch_end(epoch))
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                row["test_acc"] = self._evaluate()
+            self.progress.history.append(row)
+            self.progress.epochs_done = epoch + 1
+            if acc.is_main_process:
+                write_metrics(self.run_dir / "metrics.jsonl", self.progress.history)
+                tqdm.write(format_row(row))
+            self._save_checkpoint()
+        results = self._results()
+        if acc.is_main_process:
+            write_json(self.run_dir / "results.json", results)
+        return results
+
+    def _results(self) -> dict:
+        history = self.progress.history
+        accs = [r["test_acc"] for r in history if "test_acc" in r]
+        data = self.config.data
+        return {
+            "run": self.config.resolved_run_name,
+            "dataset": self.dataset.name,
+            "label_set": data.label_set,
+            "label_set_sha256": self.label_entry.sha256,
+            "label_set_noise_rate": self.label_entry.noise_rate,
+            "method": self.config.method.name,
+            "model": self.config.model.name,
+            "epochs": self.progress.epochs_done,
+            "best_test_acc": max(accs) if accs else None,
+            "last_test_acc": accs[-1] if accs else None,
+            "train_seconds": self.progress.train_seconds,
+            "images_per_s": sum(r["train_samples"] for r in history) / max(self.progress.train_seconds, 1e-9),
+            "code_version": code_version(),
+            "hardware": hardware(self.accelerator.num_processes),
+            "config": self.config.model_dump(mode="json"),
+            "history": history,
+        }
+
+
+COLUMNS = [("epoch", "epoch", "{:d}"), ("train_loss", "loss", "{:.3f}"), ("train_acc_noisy", "acc(noisy)", "{:.3f}"),
+           ("train_acc_clean", "acc(clean)", "{:.3f}"), ("memorised", "memorised", "{:.3f}"),
+           ("test_acc", "test acc", "{:.4f}"), ("images_per_s", "img/s", "{:.0f}")]
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(f"{title}={fmt.format(row[key])}" for key, title, fmt in COLUMNS if key in row)
+
+
+def format_table(history: list[dict]) -> str:
+    """A plain-text table of the per-epoch metrics, for the end of a run."""
+    cols = [(key, title, fmt) for key, title, fmt in COLUMNS if any(key in r for r in history)]
+    cells = [[title for _, title, _ in cols]]
+    cells += [[fmt.format(r[key]) if key in r else "-" for key, _, fmt in cols] for r in history]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
