@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level.upper() != "DEBUG":  # Accelerate logs every checkpoint file at INFO
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         config = load_config(args.config, args.overrides)
         from training.trainer import Trainer, format_table  # heavy imports after the config is known good

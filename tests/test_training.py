@@ -1,0 +1,109 @@
+"""End-to-end CPU runs of training/run.py on a tiny converted dataset."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.run import main
+from training.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", str(ROOT / "training/configs/demo_cpu.yaml"),
+        f"data.root={dataset.parent}", f"data.name={dataset.name}", f"out_dir={out}", "run_name=r",
+        "data.batch_size=32", "data.eval_batch_size=64", "epochs=2", *extra,
+    ]
+
+
+def _history(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "r" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_run_writes_outputs(tiny_dataset, tmp_path):
+    assert main(_args(tiny_dataset, tmp_path)) == 0
+    run = tmp_path / "r"
+    results = json.loads((run / "results.json").read_text())
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    assert results["label_set_sha256"] == manifest["splits"]["train"]["label_sets"]["sym-0.40-s0"]["sha256"]
+    assert results["epochs"] == 2 and len(results["history"]) == 2
+    assert 0.0 <= results["best_test_acc"] <= 1.0 and results["last_test_acc"] == results["history"][-1]["test_acc"]
+    assert results["code_version"]["commit"] and results["hardware"]["cpu_cores"]
+    row = results["history"][0]
+    n_train = manifest["splits"]["train"]["num_samples"]
+    assert row["train_samples"] == n_train  # every training sample once per epoch
+    for key in ("train_loss", "train_acc_noisy", "train_acc_clean", "memorised", "images_per_s"):
+        assert key in row
+    assert (run / "config.yaml").is_file()
+    assert len(_history(tmp_path)) == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0002"]
+
+
+@pytest.mark.slow
+def test_run_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, monkeypatch):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(_args(tiny_dataset, straight, "deterministic=true")) == 0
+
+    original = Trainer._train_epoch
+
+    def crash_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(tiny_dataset, broken, "deterministic=true"))
+    assert [p.name for p in (broken / "r" / "checkpoints").iterdir()] == ["epoch-0001"]
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert main(_args(tiny_dataset, broken, "deterministic=true", "--resume")) == 0
+
+    def comparable(rows):
+        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_s")} for r in rows]
+
+    assert comparable(_history(broken)) == comparable(_history(straight))
+
+
+def test_run_refuses_to_overwrite_and_to_resume_nothing(tiny_dataset, tmp_path, capsys):
+    assert main(_args(tiny_dataset, tmp_path, "--resume")) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text("{}")
+    assert main(_args(tiny_dataset, tmp_path)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_run_unknown_label_set_names_it(tiny_dataset, tmp_path, capsys):
+    assert main(_args(tiny_dataset, tmp_path, "data.label_set=sym-0.99-s7")) == 2
+    err = capsys.readouterr().err
+    assert "sym-0.99-s7" in err and "make_shards" in err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_run_two_processes_sees_every_sample_once(tiny_dataset, tmp_path):
+    """Two CPU processes through `accelerate launch` (gloo): metrics are reduced over both."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(ROOT / "training/run.py"), *_args(tiny_dataset, tmp_path, "epochs=1", "cpu=true")]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    manifest = json.loads((tiny_dataset / "manifest.json").read_text())
+    assert results["hardware"]["num_processes"] == 2
+    assert results["history"][0]["train_samples"] == manifest["splits"]["train"]["num_samples"]
+    assert "test_acc" in results["history"][0]
