@@ -54,6 +54,7 @@ class SplitEntry(_Strict):
     shards: list[ShardEntry]
     source_index: ArrayEntry
     source_keys: str  # JSON list file: idx -> source key (path in archive, or "batch:pos")
+    source_keys_sha256: str | None = None  # sha256 of the source_keys file (None in older manifests)
     label_sets: dict[str, ArrayEntry]
     masks: dict[str, ArrayEntry] = {}
 
@@ -176,6 +177,8 @@ class Dataset:
             files += [(e.file, e.sha256) for e in split.label_sets.values()]
             files += [(e.file, e.sha256) for e in split.masks.values()]
             files.append((split.source_index.file, split.source_index.sha256))
+            if split.source_keys_sha256 is not None:
+                files.append((split.source_keys, split.source_keys_sha256))
             for rel, expected in files:
                 path = self.path / rel
                 if not path.is_file():

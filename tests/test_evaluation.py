@@ -1,9 +1,10 @@
 """Metrics: gathered predictions count each sample once; training tallies measure memorisation."""
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
-from training.evaluation import PAD, TrainTally, gather_by_idx
+from training.evaluation import PAD, TrainTally, gather_by_idx, soft_label_diagnostics
 
 
 def test_gather_by_idx_drops_padding_and_duplicates():
@@ -38,3 +39,11 @@ def test_train_tally_without_clean_labels_reports_no_clean_metrics():
     out = tally.reduced(acc)
     assert "train_acc_clean" not in out and "memorised" not in out
     assert abs(out["train_acc_noisy"] - 2 / 3) < 1e-9
+
+
+def test_soft_label_diagnostics_counts_corrections_and_breaks():
+    clean = np.array([0, 1, 2, 0])
+    noisy = np.array([0, 2, 1, 0])  # samples 1 and 2 mislabelled
+    soft = np.eye(3)[[0, 1, 1, 2]]  # argmax: 0 (right kept), 1 (corrected), 1 (not corrected), 2 (broken)
+    out = soft_label_diagnostics(soft, noisy, clean)
+    assert out == {"soft_label_acc": 0.5, "corrected": 0.5, "broken": 0.5}

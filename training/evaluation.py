@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -83,3 +84,15 @@ class TrainTally:
             out["train_acc_clean"] = t["correct_clean"] / n
             out["memorised"] = t["memorised"] / max(t["mislabelled"], 1.0)
         return out
+
+
+def soft_label_diagnostics(soft: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """How the argmax of a method's soft labels (N, K) relates to the clean labels (N,): accuracy,
+    the fraction of wrong given labels it corrected, and of right given labels it broke."""
+    pred = soft.argmax(axis=1)
+    wrong = noisy != clean
+    return {
+        "soft_label_acc": float((pred == clean).mean()),
+        "corrected": float((pred[wrong] == clean[wrong]).mean()) if wrong.any() else 0.0,
+        "broken": float((pred[~wrong] != clean[~wrong]).mean()) if (~wrong).any() else 0.0,
+    }

@@ -8,27 +8,21 @@ and supplies either `loss` (the trainer runs the standard step) or its own `trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from pipeline.batch import Batch
+from state.spec import ArraySpec
+
+if TYPE_CHECKING:
+    from state.store import SampleStore
 
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """A per-sample array the method keeps in the sample store, indexed by the global idx."""
-
-    name: str
-    row_shape: tuple[int, ...]  # () for a scalar per sample, (K,) for a soft label
-    dtype: str  # numpy dtype name, e.g. "float32", "int32"
-    init: float | str = 0.0  # a constant, or "one_hot_noisy" (initialised from the noisy labels)
 
 
 @dataclass(frozen=True)
@@ -61,10 +55,15 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]] = NoParams
     needs: ClassVar[DataNeeds] = DataNeeds()
+    #: Set by methods that run their own step; the trainer then calls `train_step`.
+    custom_step: ClassVar[bool] = False
+    #: Name of a (N, K) soft-label array in the store; the trainer then reports label-correction diagnostics.
+    soft_label_array: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel, ctx: MethodContext):
         self.config = config
         self.ctx = ctx
+        self.store: SampleStore | None = None  # set by the trainer when state_arrays() is not empty
 
     def state_arrays(self) -> list[ArraySpec]:
         return []
@@ -76,9 +75,6 @@ class Method:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         """logits (B, K), labels (B,) int64 noisy labels of batch.idx -> {"loss": scalar, ...}."""
         raise NotImplementedError(f"method {self.name!r} must implement loss() or train_step()")
-
-    #: Set by methods that run their own step; the trainer then calls `train_step`.
-    custom_step: ClassVar[bool] = False
 
     def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, nn.Module],
                    optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:

@@ -1,0 +1,469 @@
+"""Conversion driver: a raw source -> a converted dataset directory (the layout in pipeline/dataset.py).
+
+:func:`convert` reads a source (pipeline/sources.py), assigns each split a seeded permutation
+(idx = position in it, DESIGN rule 1), writes shards in idx order, the clean labels, source index and
+keys, the requested label sets and masks, and manifest.json last. Everything is written into
+``<out>/.<name>.tmp-<pid>`` and renamed into place only when complete, so a failure leaves nothing.
+:func:`add_label_sets` adds label sets and masks to an existing dataset without touching its shards.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import cifar_n, noise
+from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
+from pipeline.shards import ShardWriter, read_shard, sha256_file
+from pipeline.sources import Source, SourceError, decode_image, open_source
+
+log = logging.getLogger(__name__)
+
+LABEL_DIR = "labels"
+_FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+class ConvertError(ValueError):
+    """The conversion cannot go on; the message says which file or option and what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRequests:
+    """What label sets and masks to make for the noisy split."""
+
+    label_sets: list[str] = field(default_factory=list)  # names: "sym-0.40-s0", "cifar10n-worse", ...
+    cifar_n: Path | None = None  # CIFAR-N .pt (or the demo .npz) for cifar10n-*/cifar100n-* sets
+    label_files: dict[str, Path] = field(default_factory=dict)  # name -> .npy/.txt labels in source order
+    clean_subset: int | None = None  # size of the class-balanced clean meta subset (a mask)
+    clean_subset_seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    source: Path  # folder, .tar(.gz) of an image tree, or an official CIFAR python archive
+    name: str  # dataset directory name under `out`
+    out: Path  # root directory of converted datasets
+    source_format: str = "auto"
+    splits: list[str] | None = None  # None: every split the source has
+    noisy_split: str = "train"  # split that receives the noisy label sets and masks
+    seed: int = 0  # fixes the idx permutation of every split
+    samples_per_shard: int = 5000
+    force: bool = False  # replace an existing dataset (atomically)
+    labels: LabelRequests = field(default_factory=LabelRequests)
+    argv: list[str] | None = None  # recorded in provenance
+    progress: bool = True
+
+    def __post_init__(self):
+        if not _FILE_NAME_RE.match(self.name):
+            raise ConvertError(f"--name {self.name!r}: use lower-case letters, digits, '.', '_' or '-'")
+        if self.samples_per_shard < 1:
+            raise ConvertError(f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
+
+
+# ---------------------------------------------------------------------------------------------
+# label requests: checked before any work, built from per-split arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def check_requests(req: LabelRequests) -> None:
+    """Fails fast on names and files, before images are read."""
+    for name in req.label_sets:
+        if name == "clean" or noise.is_noise_spec(name):
+            continue
+        if name in cifar_n.LABEL_SETS:
+            if req.cifar_n is None:
+                raise ConvertError(f"label set {name} needs --cifar-n PATH (CIFAR-10_human.pt / CIFAR-100_human.pt)")
+            continue
+        if re.match(r"^[a-z]+-[\d.]+-s\d+$", name):
+            noise.parse_noise_spec(name)  # raises with the accepted forms, e.g. for "sym-0.4-s0"
+        raise ConvertError(
+            f"unknown label set {name!r}; accepted: clean, {noise.ACCEPTED_FORMS}; "
+            f"{', '.join(sorted(cifar_n.LABEL_SETS))} (with --cifar-n); or --label-file NAME=PATH"
+        )
+    for name, path in req.label_files.items():
+        if not _FILE_NAME_RE.match(name) or name in ("clean", "coarse", "source_index", "source_keys"):
+            raise ConvertError(f"--label-file {name}={path}: choose another name (lower-case, not a reserved one)")
+        if not Path(path).is_file():
+            raise ConvertError(f"--label-file {name}={path}: file not found")
+    if req.cifar_n is not None and not Path(req.cifar_n).is_file():
+        raise ConvertError(f"--cifar-n {req.cifar_n}: file not found")
+    if req.clean_subset is not None and req.clean_subset < 1:
+        raise ConvertError(f"--clean-subset must be >= 1, got {req.clean_subset}")
+
+
+@dataclass
+class SplitArrays:
+    """What the label generators need about one split, all in idx order."""
+
+    name: str
+    clean: np.ndarray | None  # int64 (N,)
+    source_keys: list[str]
+    source_index: np.ndarray  # int64 (N,)
+    coarse: np.ndarray | None = None  # int64 (N,)
+    pixels: object = None  # uint8 (N, H, W, C) or a zero-argument callable producing it (for idn)
+
+
+def read_label_file(path: Path, n: int, num_classes: int) -> np.ndarray:
+    """Labels from .npy or text (one integer per line) in the source's order; checked for count and range."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            labels = np.load(path, allow_pickle=False)
+        else:
+            labels = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as err:
+        raise ConvertError(f"{path}: cannot read labels ({err}); use .npy or one integer per line") from err
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ConvertError(f"{path}: labels must be a 1-d integer array, got shape {labels.shape} dtype {labels.dtype}")
+    if len(labels) != n:
+        raise ConvertError(f"{path}: has {len(labels)} labels but the split has {n} samples")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ConvertError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside [0, {num_classes})")
+    return labels.astype(np.int64)
+
+
+def build_label_sets(split: SplitArrays, classes: list[str], req: LabelRequests) -> dict[str, tuple[np.ndarray, str, dict]]:
+    """name -> (int64 (N,) labels in idx order, kind, params) for every requested non-clean set."""
+    out: dict[str, tuple[np.ndarray, str, dict]] = {}
+    cn = None
+    for name in req.label_sets:
+        if name == "clean":
+            continue
+        if name in cifar_n.LABEL_SETS:
+            if cn is None:
+                cn = cifar_n.load(req.cifar_n)  # type: ignore[arg-type]
+            labels = cifar_n.join(cn, name, split.source_keys, split.source_index, classes, split.clean)
+            params = {"file": str(Path(cn.path).resolve()), "file_sha256": sha256_file(cn.path),
+                      "array": cifar_n.LABEL_SETS[name][1]}
+            out[name] = (labels, name.split("-")[0], params)
+            continue
+        spec = noise.parse_noise_spec(name)
+        if split.clean is None:
+            raise ConvertError(f"{name}: synthetic noise needs clean labels, and split {split.name!r} has none")
+        pixels = split.pixels() if callable(split.pixels) else split.pixels
+        labels = noise.generate(spec, split.clean, classes, split.coarse, pixels)
+        params = {"rate": spec.rate, "seed": spec.seed, "applied_to": "clean labels in idx order"}
+        if spec.kind == "asym":
+            params["variant"] = "cifar10-map" if set(classes) == set(noise.CIFAR10_CLASSES) else "cifar100-superclass"
+        out[name] = (labels, spec.generator, params)
+    for name, path in req.label_files.items():
+        in_source_order = read_label_file(path, len(split.source_index), len(classes))
+        params = {"file": str(Path(path).resolve()), "file_sha256": sha256_file(path), "order": "source"}
+        out[name] = (in_source_order[split.source_index], "file", params)
+    return out
+
+
+def clean_subset_mask(clean: np.ndarray, size: int, num_classes: int, seed: int) -> np.ndarray:
+    """Class-balanced bool (N,) mask of `size` samples (by clean label); the remainder of size/K goes
+    to a seeded random choice of classes."""
+    if size > len(clean):
+        raise ConvertError(f"--clean-subset {size} is larger than the split ({len(clean)} samples)")
+    rng = np.random.default_rng([seed, zlib.crc32(b"clean-subset")])
+    per_class = np.full(num_classes, size // num_classes)
+    per_class[rng.permutation(num_classes)[: size % num_classes]] += 1
+    mask = np.zeros(len(clean), dtype=bool)
+    for c in range(num_classes):
+        members = np.flatnonzero(clean == c)
+        if len(members) < per_class[c]:
+            raise ConvertError(
+                f"--clean-subset {size}: class {c} has only {len(members)} samples, {per_class[c]} needed"
+            )
+        mask[rng.choice(members, size=per_class[c], replace=False)] = True
+    return mask
+
+
+def _write_array(root: Path, rel: str, array: np.ndarray) -> str:
+    """Writes an .npy atomically (temp file + rename); returns its sha256."""
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def _label_entry(root: Path, split: str, name: str, labels: np.ndarray, kind: str, params: dict,
+                 clean: np.ndarray | None, num_classes: int) -> ArrayEntry:
+    rel = f"{LABEL_DIR}/{split}/{name}.npy"
+    sha = _write_array(root, rel, labels.astype(np.int64))
+    rate = matrix = None
+    if clean is not None and kind != "coarse":
+        rate = round(noise.noise_rate(clean, labels), 6)
+        if kind != "clean":
+            matrix = np.round(noise.transition_matrix(clean, labels, num_classes), 6).tolist()
+        log.info("%s/%s: realised noise rate %.4f", split, name, rate)
+    return ArrayEntry(file=rel, sha256=sha, kind=kind, params=params, noise_rate=rate, transition_matrix=matrix)
+
+
+def _mask_entry(root: Path, split: str, name: str, mask: np.ndarray, params: dict) -> ArrayEntry:
+    rel = f"{LABEL_DIR}/{split}/masks/{name}.npy"
+    sha = _write_array(root, rel, mask.astype(bool))
+    return ArrayEntry(file=rel, sha256=sha, kind="mask", params=params, count=int(mask.sum()))
+
+
+def _add_requested(root: Path, split: SplitArrays, entry: SplitEntry, classes: list[str], req: LabelRequests,
+                   replace: bool) -> list[str]:
+    """Builds, writes and records the requested label sets and mask in `entry`; returns the names added."""
+    # everything is computed before anything is written, so an error leaves the files as they were
+    built = build_label_sets(split, classes, req)
+    mask = mask_name = None
+    if req.clean_subset is not None:
+        if split.clean is None:
+            raise ConvertError(f"--clean-subset needs clean labels, and split {split.name!r} has none")
+        mask_name = f"clean-subset-{req.clean_subset}-s{req.clean_subset_seed}"
+        mask = clean_subset_mask(split.clean, req.clean_subset, len(classes), req.clean_subset_seed)
+    existing = [n for n in built if n in entry.label_sets]
+    if mask_name and mask_name in entry.masks:
+        existing.append(mask_name)
+    if existing and not replace:
+        raise ConvertError(f"split {split.name!r} already has {existing}; pass --force to replace them")
+    for name, (labels, kind, params) in built.items():
+        entry.label_sets[name] = _label_entry(root, split.name, name, labels, kind, params, split.clean, len(classes))
+    if mask is not None:
+        params = {"size": req.clean_subset, "seed": req.clean_subset_seed, "balanced_by": "clean",
+                  "meaning": "True = in the clean meta subset; leave these out of noisy training"}
+        entry.masks[mask_name] = _mask_entry(root, split.name, mask_name, mask, params)  # type: ignore[index]
+    return list(built) + ([mask_name] if mask_name else [])
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance
+# ---------------------------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict:
+    import PIL
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__}
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(manifest.model_dump_json(indent=1) + "\n")
+    os.replace(tmp, root / MANIFEST)
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_seed(seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(split.encode())])
+
+
+def _write_split(tmp: Path, source: Source, split_name: str, cfg: ConvertConfig, keep_pixels: bool):
+    """Shards of one split in idx order; returns (shards, perm, pixels or None, image exts)."""
+    records = source.splits[split_name].records
+    n = len(records)
+    perm = _split_seed(cfg.seed, split_name).permutation(n)  # perm[idx] = source position
+    writer = ShardWriter(tmp, split_name, cfg.samples_per_shard)
+    pixels = None
+    exts: set[str] = set()
+    where_prefix = f"{source.path}:" if source.path.is_file() else ""
+    root = source.extra.get("root", ".")
+    bar = tqdm(total=n, desc=f"{cfg.name}/{split_name}", unit="img", disable=not cfg.progress, leave=False)
+    for idx in range(n):
+        record = records[perm[idx]]
+        data = record.read()
+        where = str(record.path) if record.path is not None else f"{where_prefix}{root}/{record.key}"
+        image = decode_image(data, where)
+        if keep_pixels:
+            array = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+            if pixels is None:
+                pixels = np.empty((n, *array.shape), dtype=np.uint8)
+            if array.shape != pixels.shape[1:]:
+                raise ConvertError(
+                    f"{where}: image of shape {array.shape}, others {pixels.shape[1:]}; instance-dependent "
+                    f"noise needs images of one size"
+                )
+            pixels[idx] = array
+        writer.write(idx, data, record.ext)
+        exts.add(record.ext)
+        bar.update(1)
+    bar.close()
+    return writer.close(), perm, pixels, exts
+
+
+def _precheck_counts(req: LabelRequests, n: int, num_classes: int) -> None:
+    """Label files and CIFAR-N files must fit the split: checked before any shard is written."""
+    for path in req.label_files.values():
+        read_label_file(path, n, num_classes)
+    if req.cifar_n is not None and any(name in cifar_n.LABEL_SETS for name in req.label_sets):
+        cn = cifar_n.load(req.cifar_n)
+        if len(cn) != n:
+            raise cifar_n.CifarNError(
+                f"{cn.path} has {len(cn)} labels but the split has {n} samples; CIFAR-N labels need exactly the "
+                f"samples they were made for (the full CIFAR train split, or the demo .npz for the demo)"
+            )
+
+
+def convert(cfg: ConvertConfig) -> Path:
+    """Converts cfg.source into cfg.out/cfg.name; returns the dataset directory."""
+    check_requests(cfg.labels)
+    final = Path(cfg.out) / cfg.name
+    if final.exists() and not cfg.force:
+        raise ConvertError(f"{final} already exists; pass --force to replace it, or --add-label-set to add label sets")
+    source = open_source(cfg.source, cfg.splits, cfg.source_format)
+    if cfg.labels.label_sets or cfg.labels.label_files or cfg.labels.clean_subset:
+        if cfg.noisy_split not in source.splits:
+            raise ConvertError(f"--noisy-split {cfg.noisy_split!r} is not among the splits {sorted(source.splits)}")
+        _precheck_counts(cfg.labels, len(source.splits[cfg.noisy_split].records), len(source.classes))
+    needs_pixels = any(n.startswith("idn-") for n in cfg.labels.label_sets)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{cfg.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        splits: dict[str, SplitEntry] = {}
+        all_exts: set[str] = set()
+        for split_name in source.splits:
+            src_split = source.splits[split_name]
+            keep_pixels = needs_pixels and split_name == cfg.noisy_split
+            shards, perm, pixels, exts = _write_split(tmp, source, split_name, cfg, keep_pixels)
+            all_exts |= exts
+            clean = src_split.labels[perm]
+            keys = [src_split.records[p].key for p in perm]
+            keys_rel = f"{LABEL_DIR}/{split_name}/source_keys.json"
+            (tmp / keys_rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / keys_rel).write_text(json.dumps(keys))
+            index_entry = ArrayEntry(
+                file=f"{LABEL_DIR}/{split_name}/source_index.npy",
+                sha256=_write_array(tmp, f"{LABEL_DIR}/{split_name}/source_index.npy", perm.astype(np.int64)),
+                kind="source_index",
+                params={"order": source.extra.get("class_order", "source")},
+            )
+            entry = SplitEntry(
+                num_samples=len(perm),
+                shards=[ShardEntry(**vars(s)) for s in shards],
+                source_index=index_entry,
+                source_keys=keys_rel,
+                source_keys_sha256=sha256_file(tmp / keys_rel),
+                label_sets={"clean": _label_entry(tmp, split_name, "clean", clean, "clean", {}, clean, len(source.classes))},
+            )
+            coarse = src_split.coarse_labels[perm] if src_split.coarse_labels is not None else None
+            if coarse is not None:
+                entry.label_sets["coarse"] = _label_entry(
+                    tmp, split_name, "coarse", coarse, "coarse", {"classes": source.coarse_classes}, clean, len(source.classes)
+                )
+            if split_name == cfg.noisy_split:
+                arrays = SplitArrays(split_name, clean, keys, perm.astype(np.int64), coarse, pixels)
+                _add_requested(tmp, arrays, entry, source.classes, cfg.labels, replace=False)
+            splits[split_name] = entry
+        src = Path(cfg.source).resolve()
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            name=cfg.name,
+            classes=source.classes,
+            image_ext=";".join(sorted(all_exts)),
+            splits=splits,
+            provenance={
+                "tool": "tools/make_shards.py",
+                "args": cfg.argv,
+                "source": str(src),
+                "source_format": source.format,
+                "source_sha256": sha256_file(src) if src.is_file() else None,
+                "class_order": source.extra.get("class_order"),
+                "seed": cfg.seed,
+                "samples_per_shard": cfg.samples_per_shard,
+                "noisy_split": cfg.noisy_split,
+                "git_commit": _git_commit(),
+                "created": _now(),
+                "versions": _versions(),
+                "history": [],
+            },
+        )
+        _write_manifest(tmp, manifest)
+        _move_into_place(tmp, final, cfg.force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s", final)
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path, force: bool) -> None:
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not force:  # appeared while we were converting
+        raise ConvertError(f"{final} appeared during the conversion; pass --force to replace it")
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# add label sets to an existing dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def _pixels_from_shards(ds: Dataset, split: str) -> np.ndarray:
+    n = ds.num_samples(split)
+    pixels = None
+    for shard in ds.shard_paths(split):
+        for idx, data, _ext in read_shard(shard):
+            array = np.asarray(decode_image(data, f"{shard}:{idx}").convert("RGB"))
+            if pixels is None:
+                pixels = np.empty((n, *array.shape), dtype=np.uint8)
+            pixels[idx] = array
+    assert pixels is not None
+    return pixels
+
+
+def add_label_sets(dataset_dir: Path, req: LabelRequests, noisy_split: str = "train", force: bool = False,
+                   argv: list[str] | None = None) -> list[str]:
+    """Adds label sets / masks to an existing dataset; shards are never opened for writing.
+    The manifest is replaced atomically at the end. Returns the names added."""
+    check_requests(req)
+    ds = Dataset(dataset_dir)
+    entry = ds.split(noisy_split).model_copy(deep=True)
+    clean = ds.labels(noisy_split, "clean") if "clean" in entry.label_sets else None
+    coarse = ds.labels(noisy_split, "coarse") if "coarse" in entry.label_sets else None
+    arrays = SplitArrays(
+        noisy_split, clean, ds.source_keys(noisy_split), ds.source_index(noisy_split), coarse,
+        lambda: _pixels_from_shards(ds, noisy_split),
+    )
+    added = _add_requested(ds.path, arrays, entry, ds.classes, req, replace=force)
+    manifest = ds.manifest.model_copy(deep=True)
+    manifest.splits[noisy_split] = entry
+    manifest.provenance.setdefault("history", []).append(
+        {"action": "add-label-set", "added": added, "args": argv, "git_commit": _git_commit(), "time": _now()}
+    )
+    _write_manifest(ds.path, manifest)
+    return added
+
+
+__all__ = ["ConvertConfig", "ConvertError", "LabelRequests", "SourceError", "add_label_sets", "convert"]

@@ -1,0 +1,197 @@
+"""Stream mode with DALI: webdataset reader -> image decoder -> augmentation, sharded by process.
+
+    fn.readers.webdataset   tars + DALI index files, part `shard_id` of `num_shards`, shuffled
+                            in a buffer for training, last batch padded (pad_last_batch)
+    fn.decoders.image       "mixed" (nvJPEG) on a GPU, "cpu" otherwise (device_id=None)
+    cifar train             zero-pad to 40 (fn.crop out of bounds), crop_mirror_normalize 32 at one
+                            of the 9x9 integer offsets, random mirror
+    imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
+                            -> crop_mirror_normalize with random mirror
+    eval                    cifar: normalise; imagenet: resize shorter side, center crop, normalise
+
+Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so it stops at the end
+of this process's part and trims the padding samples out of the last batch; batches are then
+regrouped by pipeline.loader.epoch_plan so every process takes the same number of steps.
+
+Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
+epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
+same data order as an uninterrupted one. Building costs a fraction of a second (index files).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+from pipeline.batch import Batch
+from pipeline.dataset import Dataset
+from pipeline.loader import derive_seed, epoch_plan, part_bounds
+from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
+
+log = logging.getLogger(__name__)
+
+SHUFFLE_BUFFER = 4096  # samples held by the reader's shuffle buffer (encoded bytes: ~4 MB for CIFAR)
+PREFETCH = 2  # batches DALI prepares ahead
+
+
+@pipeline_def
+def _pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, config: TransformConfig, gpu: bool,
+              dont_use_mmap: bool):
+    encoded, idx = fn.readers.webdataset(
+        paths=paths,
+        index_paths=index_paths,
+        ext=[ext, "idx"],
+        dtypes=[types.UINT8, types.INT64],
+        missing_component_behavior="error",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=train,
+        initial_fill=SHUFFLE_BUFFER,
+        pad_last_batch=True,
+        stick_to_shard=True,
+        dont_use_mmap=dont_use_mmap,
+        name="reader",
+    )
+    decoder = "mixed" if gpu else "cpu"
+    mean = [255.0 * m for m in config.mean]
+    std = [255.0 * s for s in config.std]
+    size = config.size
+    mirror = fn.random.coin_flip(probability=0.5) if train else 0
+    if config.kind == "cifar":
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        if train:
+            # pad with zeros around the image (a centered out-of-bounds crop), then pick one of the
+            # (2 pad + 1)^2 integer offsets: anchor = pos * (size + 2 pad - size) = pos * 2 pad
+            padded = size + 2 * config.pad
+            images = fn.crop(images, crop=(padded, padded), out_of_bounds_policy="pad", fill_values=0)
+            offsets = [k / (2 * config.pad) for k in range(2 * config.pad + 1)] if config.pad else [0.5]
+            crop_pos_x = fn.random.uniform(values=offsets)
+            crop_pos_y = fn.random.uniform(values=offsets)
+        else:
+            crop_pos_x = crop_pos_y = 0.5
+    else:
+        if train:
+            images = fn.decoders.image_random_crop(
+                encoded, device=decoder, output_type=types.RGB, random_area=list(RRC_AREA),
+                random_aspect_ratio=list(RRC_RATIO), num_attempts=10,
+            )
+            images = fn.resize(images, resize_x=size, resize_y=size)
+        else:
+            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+            images = fn.resize(images, resize_shorter=config.resize)
+        crop_pos_x = crop_pos_y = 0.5
+    images = fn.crop_mirror_normalize(
+        images, crop=(size, size), crop_pos_x=crop_pos_x, crop_pos_y=crop_pos_y, mirror=mirror,
+        mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW",
+    )
+    return images, idx
+
+
+class DaliLoader:
+    """Stream-mode loader on DALI; see the module docstring and pipeline/loader.py."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        split: str,
+        *,
+        batch_size: int,
+        train: bool,
+        transform: TransformConfig,
+        device: torch.device,
+        process_index: int = 0,
+        num_processes: int = 1,
+        seed: int = 0,
+        exclude: np.ndarray | None = None,
+        num_threads: int = 2,
+        dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
+    ):
+        self.paths = [str(p) for p in dataset.shard_paths(split)]
+        self.index_paths = [str(p) for p in dataset.index_paths(split)]
+        for tar, index in zip(self.paths, self.index_paths):
+            for path in (tar, index):
+                if not Path(path).is_file():
+                    raise FileNotFoundError(f"{path} (split {split!r} of {dataset.path}) is missing: re-run tools/make_shards.py")
+        self.ext = dataset.manifest.image_ext
+        self.n = dataset.num_samples(split)
+        self.batch_size = batch_size
+        self.train = train
+        self.transform = transform
+        self.device = device
+        self.process_index = process_index
+        self.num_processes = num_processes
+        self.seed = seed
+        self.num_threads = num_threads
+        self.dont_use_mmap = dont_use_mmap
+        self.epoch = 0
+        self.exclude = None if exclude is None else torch.from_numpy(exclude).to(device)  # (N,) bool
+        self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
+        _, self._bounds = epoch_plan(self.n, batch_size, process_index, num_processes)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _part_index(self, epoch: int) -> int:
+        return (self.process_index + epoch) % self.num_processes if self.train else self.process_index
+
+    def _build(self, epoch: int) -> DALIGenericIterator:
+        gpu = self.device.type == "cuda"
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
+        pipe = _pipeline(
+            batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
+            seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH,
+            paths=self.paths, index_paths=self.index_paths, ext=self.ext, shard_id=self._part_index(epoch),
+            num_shards=self.num_processes, train=self.train, config=self.transform, gpu=gpu,
+            dont_use_mmap=self.dont_use_mmap,
+        )
+        pipe.build()
+        return DALIGenericIterator(
+            pipe, ["images", "idx"], reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=False,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch; the epoch counter advances at its end unless set_epoch is called."""
+        epoch = self.epoch
+        part = self._part_index(epoch)
+        start, stop = part_bounds(self.n, self.num_processes, part)
+        _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
+        iterator = self._build(epoch)
+        tail_images, tail_idx, seen = [], [], 0
+        try:
+            for step, outputs in enumerate(iterator):
+                images = outputs[0]["images"]  # (b, 3, H, W) float32, on the DALI output device
+                idx = outputs[0]["idx"].reshape(-1)  # (b,) int64
+                seen += idx.numel()
+                if step < len(bounds) - 1:
+                    yield self._batch(images, idx)
+                else:  # the last step takes everything left (the surplus of a larger part included)
+                    tail_images.append(images.clone())
+                    tail_idx.append(idx.clone())
+        finally:
+            del iterator
+        if seen != stop - start:
+            raise RuntimeError(
+                f"DALI returned {seen} samples for part {part} of {self.num_processes} of {self.paths[0]}..., "
+                f"expected {stop - start}: the .idx index files may not match the tars; re-run tools/make_shards.py --force"
+            )
+        if bounds:
+            yield self._batch(torch.cat(tail_images), torch.cat(tail_idx))
+        self.epoch = epoch + 1
+
+    def _batch(self, images: torch.Tensor, idx: torch.Tensor) -> Batch:
+        images = images.to(self.device, non_blocking=True)
+        idx = idx.to(self.device, non_blocking=True)
+        if self.exclude is not None:
+            keep = ~self.exclude[idx]
+            images, idx = images[keep], idx[keep]
+        return Batch(images=images, idx=idx)

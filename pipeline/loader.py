@@ -1,0 +1,180 @@
+"""The front door to data loading: make_loader(), the Loader protocol, and the per-process split.
+
+Two modes from the same shards (DESIGN.md rule 3):
+  stream  DALI reads, decodes and augments the tars (pipeline/dali_loader.py); without DALI
+          (e.g. macOS) a plain tarfile + torchvision fallback does the same (pipeline/wds_loader.py)
+  cache   the split is decoded once into a uint8 tensor on the device (pipeline/cache_loader.py)
+
+Every loader yields Batch objects and gives the same number of steps in every process, because a
+distributed step is a collective: one process with an extra batch would wait forever for the
+others. `epoch_plan` is the one rule all loaders follow:
+
+  * the N samples of an epoch are split into P contiguous parts whose sizes differ by at most 1
+    (part r = [floor(r N / P), floor((r + 1) N / P)), the same split DALI's readers use);
+  * every process takes steps = ceil(min part size / B) steps;
+  * a process whose part would need one more batch merges its surplus into its last batch, so
+    each sample still appears exactly once per epoch and no padding sample is ever yielded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator, Literal, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.batch import Batch
+from pipeline.dataset import Dataset
+from pipeline.transforms import TransformConfig
+
+log = logging.getLogger(__name__)
+
+
+class Loader(Protocol):
+    """What make_loader returns, in every mode."""
+
+    num_samples: int  # samples per epoch over all processes (the split minus `exclude`)
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def __len__(self) -> int: ...  # batches per epoch, the same in every process
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-process split
+
+
+def part_bounds(n: int, num_parts: int, part: int) -> tuple[int, int]:
+    """[start, stop) of part `part` when n items are split into num_parts contiguous near-equal parts."""
+    return (part * n) // num_parts, ((part + 1) * n) // num_parts
+
+
+def steps_per_epoch(n: int, num_parts: int, batch_size: int) -> int:
+    """Batches every process takes per epoch: ceil(smallest part / batch_size)."""
+    if batch_size < 1 or num_parts < 1:
+        raise ValueError(f"batch_size and num_processes must be >= 1, got {batch_size} and {num_parts}")
+    return math.ceil((n // num_parts) / batch_size)  # the smallest part has floor(n / P) items
+
+
+def batch_bounds(part_size: int, steps: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) within one process's part for each of its `steps` batches.
+
+    All batches have batch_size items except the last, which takes whatever is left, possibly a
+    little more than batch_size (the surplus of a part one item larger than the smallest).
+    """
+    if steps == 0:
+        return []
+    bounds = [(i * batch_size, (i + 1) * batch_size) for i in range(steps - 1)]
+    bounds.append(((steps - 1) * batch_size, part_size))
+    return bounds
+
+
+def epoch_plan(n: int, batch_size: int, process_index: int, num_processes: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+    """(part [start, stop) of this process, batch bounds relative to the part start)."""
+    start, stop = part_bounds(n, num_processes, process_index)
+    steps = steps_per_epoch(n, num_processes, batch_size)
+    return (start, stop), batch_bounds(stop - start, steps, batch_size)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, epoch, purpose): independent streams, stable across runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks shared by the loaders
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device} was asked for but this machine has no usable CUDA GPU "
+                f"(torch.cuda.is_available() is False): use device='cpu'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+def check_exclude(exclude: np.ndarray | None, n: int, where: str) -> np.ndarray | None:
+    if exclude is None:
+        return None
+    exclude = np.asarray(exclude)
+    if exclude.dtype != np.bool_ or exclude.shape != (n,):
+        raise ValueError(
+            f"exclude for {where} must be a bool mask of shape ({n},) indexed by idx, "
+            f"got {exclude.dtype} {exclude.shape} (use Dataset.mask(split, name))"
+        )
+    return exclude
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# The front door
+
+
+def make_loader(
+    dataset: Dataset,
+    split: str,
+    *,
+    mode: Literal["stream", "cache"],
+    batch_size: int,  # per process
+    train: bool,  # shuffle + augment, or in-order + eval transform
+    transform: TransformConfig,
+    device: torch.device | str,
+    process_index: int = 0,
+    num_processes: int = 1,
+    seed: int = 0,
+    exclude: np.ndarray | None = None,  # bool (N,), True = leave this idx out (e.g. the clean meta subset)
+    num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
+) -> Loader:
+    """Builds the loader of one split for this process; see the module docstring for the split rule."""
+    if mode not in ("stream", "cache"):
+        raise ValueError(f"loader mode must be 'stream' or 'cache', got {mode!r}")
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} is outside [0, num_processes={num_processes})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = check_device(device)
+    n = dataset.num_samples(split)
+    exclude = check_exclude(exclude, n, f"split {split!r} of {dataset.path}")
+    kept = n - (int(exclude.sum()) if exclude is not None else 0)
+    if kept // num_processes == 0:
+        raise ValueError(
+            f"split {split!r} of {dataset.path} has {kept} samples to load, fewer than the "
+            f"{num_processes} processes: every process needs at least one"
+        )
+    common = dict(
+        batch_size=batch_size, train=train, transform=transform, device=device, process_index=process_index,
+        num_processes=num_processes, seed=seed, exclude=exclude, num_threads=num_threads,
+    )
+    if mode == "cache":
+        from pipeline.cache_loader import CacheLoader
+
+        return CacheLoader(dataset, split, **common)
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(
+            f"mode='stream' runs DALI on the CPU or a CUDA GPU; device {device} is neither: "
+            f"use mode='cache' (it augments on any torch device) or device='cpu'"
+        )
+    if dali_available():
+        from pipeline.dali_loader import DaliLoader
+
+        return DaliLoader(dataset, split, **common)
+    from pipeline.wds_loader import WdsLoader
+
+    log.warning("nvidia.dali cannot be imported: stream mode uses the tarfile + torchvision fallback (slower)")
+    return WdsLoader(dataset, split, **common)

@@ -1,0 +1,270 @@
+"""Synthetic label noise: seeded generators, metrics and label-set names (methods/NOISE.md).
+
+Every generator is a pure function ``(labels, rate, rng[, extra]) -> new labels`` (int64, same
+shape) that never modifies its input; the same labels, rate and seed give the same output on every
+machine (numpy's PCG64 stream is platform independent). Label-set names carry the generator, rate
+and seed, e.g. ``sym-0.40-s0``; :func:`parse_noise_spec` turns a name into a :class:`NoiseSpec`.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# CIFAR-10 asymmetric protocol (Patrini et al. 2017): visually similar classes, by name.
+CIFAR10_ASYM_MAP = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
+
+
+def _check(labels: np.ndarray, rate: float, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-d integer array, got shape {labels.shape} dtype {labels.dtype}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate must be in [0, 1], got {rate}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+        raise ValueError(f"label {labels[bad]} at index {bad} is outside [0, {num_classes})")
+    return labels.astype(np.int64, copy=True)
+
+
+def symmetric(labels: np.ndarray, rate: float, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """round(rate*N) samples chosen uniformly get a label drawn from ALL K classes (some keep theirs,
+    so the realised rate is about rate*(K-1)/K): the SELC/ALR/ELR reading."""
+    out = _check(labels, rate, num_classes)
+    chosen = rng.permutation(len(out))[: int(round(rate * len(out)))]
+    out[chosen] = rng.integers(0, num_classes, size=len(chosen))
+    return out
+
+
+def symmetric_exclusive(labels: np.ndarray, rate: float, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """round(rate*N) samples chosen uniformly are flipped to one of the K-1 OTHER classes (MLC-style)."""
+    out = _check(labels, rate, num_classes)
+    if num_classes < 2:
+        raise ValueError("symmetric-exclusive noise needs at least 2 classes")
+    chosen = rng.permutation(len(out))[: int(round(rate * len(out)))]
+    # adding 1..K-1 modulo K lands uniformly on every class but the true one
+    out[chosen] = (out[chosen] + rng.integers(1, num_classes, size=len(chosen))) % num_classes
+    return out
+
+
+def _flip_with_map(labels: np.ndarray, rate: float, rng: np.random.Generator, target: np.ndarray) -> np.ndarray:
+    """Each sample of class c with target[c] != c moves to target[c] with probability rate."""
+    out = _check(labels, rate, len(target))
+    flip = rng.random(len(out)) < rate  # drawn for every sample so the stream does not depend on labels
+    out[flip] = target[out[flip]]
+    return out
+
+
+def asymmetric_cifar10(labels: np.ndarray, rate: float, rng: np.random.Generator, classes: list[str] | None = None) -> np.ndarray:
+    """truck->automobile, bird->airplane, deer->horse, cat->dog, dog->cat with probability rate.
+    ``classes`` names the label order (default CIFAR-10's); it must hold the ten CIFAR-10 classes."""
+    classes = list(CIFAR10_CLASSES if classes is None else classes)
+    if set(classes) != set(CIFAR10_CLASSES):
+        raise ValueError(f"CIFAR-10 asymmetric noise needs the CIFAR-10 classes {CIFAR10_CLASSES}, got {classes}")
+    target = np.arange(len(classes))
+    for src, dst in CIFAR10_ASYM_MAP.items():
+        target[classes.index(src)] = classes.index(dst)
+    return _flip_with_map(labels, rate, rng, target)
+
+
+def cifar100_superclass_map(fine: np.ndarray, coarse: np.ndarray, num_classes: int = 100) -> np.ndarray:
+    """target[f] = the next fine class (by index, cyclic) inside f's superclass, read from the data's
+    (fine, coarse) pairs. Not the index blocks of 5 some code uses: CIFAR-100's fine labels are
+    alphabetical, so blocks of 5 consecutive indices are not superclasses."""
+    fine = np.asarray(fine, dtype=np.int64)
+    coarse = np.asarray(coarse, dtype=np.int64)
+    if fine.shape != coarse.shape:
+        raise ValueError(f"fine labels {fine.shape} and coarse labels {coarse.shape} differ in shape")
+    parent = np.full(num_classes, -1, dtype=np.int64)
+    for f, c in set(zip(fine.tolist(), coarse.tolist())):
+        if parent[f] not in (-1, c):
+            raise ValueError(f"fine class {f} appears under coarse classes {parent[f]} and {c}")
+        parent[f] = c
+    target = np.arange(num_classes)
+    for c in np.unique(parent[parent >= 0]):
+        members = np.flatnonzero(parent == c)  # ascending fine indices of this superclass
+        target[members] = np.roll(members, -1)
+    return target
+
+
+def asymmetric_cifar100(labels: np.ndarray, rate: float, rng: np.random.Generator, coarse_labels: np.ndarray, num_classes: int = 100) -> np.ndarray:
+    """Each class moves to the next fine class of its superclass with probability rate."""
+    return _flip_with_map(labels, rate, rng, cifar100_superclass_map(labels, coarse_labels, num_classes))
+
+
+def pair_flip(labels: np.ndarray, rate: float, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """class i -> (i+1) mod K with probability rate."""
+    return _flip_with_map(labels, rate, rng, (np.arange(num_classes) + 1) % num_classes)
+
+
+def _truncated_normal(rng: np.random.Generator, mean: float, std: float, size: int, low=0.0, high=1.0) -> np.ndarray:
+    """N(mean, std) truncated to [low, high] by rejection (exact; at most a few rounds for std 0.1)."""
+    out = np.empty(size)
+    todo = np.arange(size)
+    while len(todo):
+        draw = rng.normal(mean, std, size=len(todo))
+        ok = (draw >= low) & (draw <= high)
+        out[todo[ok]] = draw[ok]
+        todo = todo[~ok]
+    return out
+
+
+def instance_dependent(
+    labels: np.ndarray,
+    rate: float,
+    rng: np.random.Generator,
+    num_classes: int,
+    images: np.ndarray,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """Instance-dependent noise of Xia et al. 2020 ("Part-dependent label noise", Alg. 2).
+
+    images: uint8 (N, ...) pixels, flattened to D values scaled to [0, 1]. Per sample
+    q_i ~ N(rate, 0.1) truncated to [0, 1]; once W ~ N(0, 1) of shape (K, D, K); for a sample with
+    label y the scores s = x . W[y] with s[y] = -inf give P = q_i * softmax(s), P[y] = 1 - q_i.
+    Worked class by class in chunks of ``chunk`` rows so only a (chunk, D) float32 block is live.
+    """
+    out = _check(labels, rate, num_classes)
+    n = len(out)
+    if len(images) != n:
+        raise ValueError(f"instance-dependent noise got {len(images)} images for {n} labels")
+    flat = np.asarray(images).reshape(n, -1)  # (N, D) uint8, no copy
+    d = flat.shape[1]
+    q = _truncated_normal(rng, rate, 0.1, n)  # (N,) flip rate per sample
+    w = rng.standard_normal((num_classes, d, num_classes), dtype=np.float32)  # (K, D, K)
+    u = rng.random(n)  # (N,) uniform draw per sample for the new label
+    new = out.copy()
+    for c in range(num_classes):
+        rows = np.flatnonzero(out == c)
+        for start in range(0, len(rows), chunk):
+            r = rows[start : start + chunk]
+            x = flat[r].astype(np.float32) / 255.0  # (n, D) in [0, 1]
+            s = x @ w[c]  # (n, K)
+            s[:, c] = -np.inf
+            s -= s.max(axis=1, keepdims=True)
+            p = np.exp(s.astype(np.float64))
+            p /= p.sum(axis=1, keepdims=True)
+            p *= q[r, None]
+            p[:, c] = 1.0 - q[r]
+            cdf = np.cumsum(p, axis=1)  # (n, K)
+            pick = (cdf < u[r, None] * cdf[:, -1:]).sum(axis=1)
+            new[r] = np.minimum(pick, num_classes - 1)
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def noise_rate(clean: np.ndarray, noisy: np.ndarray) -> float:
+    """Fraction of samples whose noisy label differs from the clean one."""
+    clean, noisy = np.asarray(clean), np.asarray(noisy)
+    if clean.shape != noisy.shape:
+        raise ValueError(f"clean {clean.shape} and noisy {noisy.shape} label arrays differ in shape")
+    return float((clean != noisy).mean()) if len(clean) else 0.0
+
+
+def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) float64, T[i, j] = fraction of clean class i labelled j; rows sum to 1 (0 for absent classes)."""
+    clean, noisy = np.asarray(clean, dtype=np.int64), np.asarray(noisy, dtype=np.int64)
+    counts = np.bincount(clean * num_classes + noisy, minlength=num_classes * num_classes)
+    counts = counts.reshape(num_classes, num_classes).astype(np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# label-set names
+# ---------------------------------------------------------------------------------------------
+
+KINDS = {
+    "sym": "symmetric",
+    "symx": "symmetric-exclusive",
+    "asym": "asymmetric",
+    "pair": "pair-flip",
+    "idn": "instance-dependent",
+}
+_NAME_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<rate>[01]\.\d\d)-s(?P<seed>\d+)$")
+ACCEPTED_FORMS = (
+    "sym-<rate>-s<seed> (symmetric over all K), symx-<rate>-s<seed> (to another class), "
+    "asym-<rate>-s<seed> (CIFAR-10 map or CIFAR-100 superclasses), pair-<rate>-s<seed> (i -> i+1), "
+    "idn-<rate>-s<seed> (instance-dependent); rate with two decimals in [0.00, 1.00], e.g. sym-0.40-s0"
+)
+
+
+class NoiseSpecError(ValueError):
+    """A label-set name that is not one of the accepted forms."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseSpec:
+    kind: str  # key of KINDS: "sym", "symx", "asym", "pair", "idn"
+    rate: float  # target noise rate in [0, 1]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.rate:.2f}-s{self.seed}"
+
+    @property
+    def generator(self) -> str:
+        return KINDS[self.kind]
+
+    def rng(self) -> np.random.Generator:
+        # The kind is mixed into the seed so sym-0.40-s0 and pair-0.40-s0 draw unrelated streams.
+        return np.random.default_rng([self.seed, zlib.crc32(self.kind.encode())])
+
+
+def parse_noise_spec(name: str) -> NoiseSpec:
+    m = _NAME_RE.match(name)
+    if not m or m.group("kind") not in KINDS:
+        raise NoiseSpecError(f"label set {name!r} is not a synthetic noise name; accepted forms: {ACCEPTED_FORMS}")
+    rate = float(m.group("rate"))
+    if rate > 1.0:
+        raise NoiseSpecError(f"label set {name!r}: rate {rate} is above 1; accepted forms: {ACCEPTED_FORMS}")
+    return NoiseSpec(kind=m.group("kind"), rate=rate, seed=int(m.group("seed")))
+
+
+def is_noise_spec(name: str) -> bool:
+    try:
+        parse_noise_spec(name)
+    except NoiseSpecError:
+        return False
+    return True
+
+
+def generate(
+    spec: NoiseSpec,
+    clean: np.ndarray,
+    classes: list[str],
+    coarse_labels: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+) -> np.ndarray:
+    """Applies the generator a spec names; picks the asymmetric variant from the dataset's classes."""
+    k = len(classes)
+    rng = spec.rng()
+    if spec.kind == "sym":
+        return symmetric(clean, spec.rate, rng, k)
+    if spec.kind == "symx":
+        return symmetric_exclusive(clean, spec.rate, rng, k)
+    if spec.kind == "pair":
+        return pair_flip(clean, spec.rate, rng, k)
+    if spec.kind == "asym":
+        if set(classes) == set(CIFAR10_CLASSES):
+            return asymmetric_cifar10(clean, spec.rate, rng, classes)
+        if coarse_labels is not None:
+            return asymmetric_cifar100(clean, spec.rate, rng, coarse_labels, k)
+        raise NoiseSpecError(
+            f"{spec.name}: asymmetric noise is defined for CIFAR-10 classes or data with CIFAR-100 coarse "
+            f"labels; this dataset has neither, use pair-{spec.rate:.2f}-s{spec.seed} instead"
+        )
+    if spec.kind == "idn":
+        if images is None:
+            raise NoiseSpecError(f"{spec.name}: instance-dependent noise needs the images")
+        return instance_dependent(clean, spec.rate, rng, k, images)
+    raise NoiseSpecError(f"unknown noise kind {spec.kind!r}")

@@ -1,0 +1,124 @@
+"""Stream mode without DALI (e.g. macOS, where nvidia-dali has no wheels): tarfile + torchvision.
+
+Same contract as pipeline/dali_loader.py, slower: the tars are read in file order with
+pipeline.shards.read_shard, this process reads only its contiguous part of the split (the split of
+pipeline.loader.epoch_plan, part index rotated by the epoch for training, as in the DALI loader),
+training order comes from a seeded shuffle buffer, images are decoded by torchvision in a thread
+pool, and augmented with the batched ops of pipeline/transforms.py on the device.
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline import transforms as T
+from pipeline.batch import Batch
+from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
+from pipeline.dataset import Dataset
+from pipeline.loader import derive_seed, epoch_plan, part_bounds
+from pipeline.shards import read_shard
+
+SHUFFLE_BUFFER = 4096  # samples in the shuffle buffer (encoded bytes), as in the DALI loader
+
+
+class WdsLoader:
+    """Stream-mode fallback loader; see the module docstring and pipeline/loader.py."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        split: str,
+        *,
+        batch_size: int,
+        train: bool,
+        transform: T.TransformConfig,
+        device: torch.device,
+        process_index: int = 0,
+        num_processes: int = 1,
+        seed: int = 0,
+        exclude: np.ndarray | None = None,
+        num_threads: int = 2,
+    ):
+        self.paths = dataset.shard_paths(split)
+        self.shard_sizes = [s.num_samples for s in dataset.split(split).shards]
+        self.n = dataset.num_samples(split)
+        if sum(self.shard_sizes) != self.n:
+            raise ValueError(
+                f"{dataset.path}: the shards of split {split!r} hold {sum(self.shard_sizes)} samples, the manifest "
+                f"says {self.n}: re-run tools/make_shards.py --force"
+            )
+        self.batch_size = batch_size
+        self.train = train
+        self.transform = transform
+        self.device = device
+        self.process_index = process_index
+        self.num_processes = num_processes
+        self.seed = seed
+        self.num_threads = max(1, num_threads)
+        self.exclude = exclude
+        self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
+        self.epoch = 0
+        _, self._bounds = epoch_plan(self.n, batch_size, process_index, num_processes)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes, str]]:
+        """(idx, bytes, ext) at file positions [start, stop) of the split, reading only the shards needed."""
+        first = 0
+        for path, size in zip(self.paths, self.shard_sizes):
+            if first < stop and first + size > start:
+                for position, sample in enumerate(read_shard(path), start=first):
+                    if start <= position < stop:
+                        yield sample
+            first += size
+
+    def _shuffled(self, samples: Iterator, rng: random.Random) -> Iterator:
+        buffer = []
+        for sample in samples:
+            if len(buffer) < SHUFFLE_BUFFER:
+                buffer.append(sample)
+                continue
+            k = rng.randrange(len(buffer))
+            buffer[k], sample = sample, buffer[k]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch; the epoch counter advances at its end unless set_epoch is called."""
+        epoch = self.epoch
+        part = (self.process_index + epoch) % self.num_processes if self.train else self.process_index
+        start, stop = part_bounds(self.n, self.num_processes, part)
+        _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
+        samples = self._samples(start, stop)
+        if self.train:
+            samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
+        generator = None
+        if self.train:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+        side = T.stored_side(self.transform)
+        fixed = self.transform.kind == "imagenet"
+        with ThreadPoolExecutor(self.num_threads) as pool:
+            for lo, hi in bounds:
+                chunk = [next(samples) for _ in range(hi - lo)]
+                if self.exclude is not None:
+                    chunk = [s for s in chunk if not self.exclude[s[0]]]
+                with quiet_decoder_warnings():
+                    images = list(pool.map(
+                        lambda s: decode_sample(s[1], side, fixed, f"sample idx {s[0]} of {self.paths[0].parent}"), chunk
+                    ))
+                stacked = torch.stack(images) if images else torch.empty(0, 3, side, side, dtype=torch.uint8)
+                idx = torch.tensor([s[0] for s in chunk], dtype=torch.int64, device=self.device)  # (B,)
+                pixels = T.apply(stacked.to(self.device), self.transform, train=self.train, generator=generator)
+                yield Batch(images=pixels, idx=idx)
+        self.epoch = epoch + 1

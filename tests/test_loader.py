@@ -1,0 +1,267 @@
+"""Tests of the loaders (pipeline/loader.py, cache_loader.py, dali_loader.py, wds_loader.py).
+
+Each loader kind is checked for the epoch contract: every idx exactly once per epoch over all
+processes, the same len() in every process, no padding duplicates, `exclude` respected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import transforms as T
+from pipeline.dataset import Dataset
+from pipeline.loader import batch_bounds, dali_available, epoch_plan, make_loader, part_bounds, steps_per_epoch
+from pipeline.wds_loader import WdsLoader
+
+sys.path.insert(0, str(Path(__file__).parent))
+from loader_data import make_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ["cache", "dali", "wds"]
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not installed (stream mode uses the fallback)")
+
+
+@pytest.fixture(scope="session")
+def loader_dataset(request, tmp_path_factory) -> Dataset:
+    """helper A's tiny_dataset when tests/conftest.py provides it, else a small one of our own."""
+    try:
+        tiny = request.getfixturevalue("tiny_dataset")
+    except pytest.FixtureLookupError:
+        return Dataset(make_dataset(tmp_path_factory.mktemp("loader") / "tiny"))
+    return tiny if isinstance(tiny, Dataset) else Dataset(tiny)
+
+
+@pytest.fixture(scope="session")
+def odd_dataset(tmp_path_factory) -> Dataset:
+    """An imagenet-kind dataset: 40x48 images (not square, not the output size)."""
+    return Dataset(make_dataset(tmp_path_factory.mktemp("loader") / "odd", {"train": 37}, side=40, per_shard=10))
+
+
+def build(kind: str, dataset: Dataset, split: str = "train", **kw):
+    kw.setdefault("transform", T.cifar10())
+    kw.setdefault("device", torch.device("cpu"))
+    kw.setdefault("train", True)
+    kw.setdefault("batch_size", 16)
+    if kind == "dali" and not dali_available():
+        pytest.skip("nvidia.dali is not installed")
+    if kind == "wds":
+        return WdsLoader(dataset, split, **kw)
+    return make_loader(dataset, split, mode="cache" if kind == "cache" else "stream", **kw)
+
+
+def epoch_idx(loader) -> list[int]:
+    return [i for batch in loader for i in batch.idx.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-process split
+
+
+def test_steps_per_epoch_5001_samples_2_processes_batch_100():
+    assert part_bounds(5001, 2, 0) == (0, 2500) and part_bounds(5001, 2, 1) == (2500, 5001)
+    assert steps_per_epoch(5001, 2, 100) == 25
+    (_, _), small = epoch_plan(5001, 100, 0, 2)
+    (_, _), large = epoch_plan(5001, 100, 1, 2)
+    assert len(small) == len(large) == 25
+    assert small[-1] == (2400, 2500) and large[-1] == (2400, 2501)  # the surplus sample joins the last batch
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 101, 199, 5000, 5001, 5003])
+@pytest.mark.parametrize("processes", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 16, 100])
+def test_epoch_plan_covers_every_sample_once_in_equal_steps(n, processes, batch_size):
+    if n < processes:
+        return
+    steps, covered = set(), []
+    for r in range(processes):
+        (start, stop), bounds = epoch_plan(n, batch_size, r, processes)
+        steps.add(len(bounds))
+        assert bounds[0][0] == 0 and bounds[-1][1] == stop - start
+        assert all(hi - lo == batch_size for lo, hi in bounds[:-1])
+        assert 1 <= bounds[-1][1] - bounds[-1][0] <= batch_size + 1
+        covered += [start + i for lo, hi in bounds for i in range(lo, hi)]
+    assert len(steps) == 1
+    assert sorted(covered) == list(range(n))
+
+
+def test_batch_bounds_zero_steps_is_empty():
+    assert batch_bounds(0, 0, 10) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The epoch contract, per loader kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("train", [True, False])
+def test_loader_yields_every_idx_once_per_epoch(kind, train, loader_dataset):
+    loader = build(kind, loader_dataset, train=train)
+    n = loader_dataset.num_samples("train")
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        idx = [i for b in batches for i in b.idx.tolist()]
+        assert sorted(idx) == list(range(n))
+        assert loader.num_samples == n
+        for b in batches:
+            assert b.images.shape == (len(b.idx), 3, 32, 32) and b.images.dtype == torch.float32
+            assert b.idx.dtype == torch.int64 and b.idx.dim() == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("processes", [2, 3])
+def test_loader_processes_split_the_epoch_in_equal_steps(kind, processes, loader_dataset):
+    n = loader_dataset.num_samples("train")
+    for epoch in range(2):
+        seen, lens = [], set()
+        for r in range(processes):
+            loader = build(kind, loader_dataset, batch_size=16, process_index=r, num_processes=processes)
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == len(loader)
+            lens.add(len(loader))
+            seen += [i for b in batches for i in b.idx.tolist()]
+        assert len(lens) == 1
+        assert sorted(seen) == list(range(n)), f"epoch {epoch}: duplicates or gaps across processes"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loader_epochs_have_different_orders(kind, loader_dataset):
+    loader = build(kind, loader_dataset)
+    first, second = epoch_idx(loader), epoch_idx(loader)  # the epoch advances by itself
+    assert first != second
+    loader.set_epoch(0)
+    assert epoch_idx(loader) == first
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loader_exclude_leaves_out_masked_idx(kind, loader_dataset):
+    n = loader_dataset.num_samples("train")
+    exclude = np.zeros(n, dtype=bool)
+    exclude[np.random.default_rng(0).choice(n, 25, replace=False)] = True
+    seen = []
+    for r in range(2):
+        loader = build(kind, loader_dataset, exclude=exclude, process_index=r, num_processes=2)
+        assert loader.num_samples == n - 25
+        seen += epoch_idx(loader)
+    assert sorted(seen) == np.flatnonzero(~exclude).tolist()
+
+
+def test_cache_loader_is_deterministic_for_a_seed(loader_dataset):
+    a = list(build("cache", loader_dataset, seed=5))
+    b = list(build("cache", loader_dataset, seed=5))
+    c = list(build("cache", loader_dataset, seed=6))
+    assert all(torch.equal(x.idx, y.idx) and torch.equal(x.images, y.images) for x, y in zip(a, b))
+    assert not torch.equal(a[0].idx, c[0].idx)
+
+
+@needs_dali
+def test_cache_and_stream_decode_the_same_pixels_for_eval(loader_dataset):
+    def by_idx(kind):
+        loader = build(kind, loader_dataset, train=False, batch_size=64)
+        images = torch.cat([b.images for b in loader])
+        order = torch.cat([b.idx for b in loader]).argsort()
+        return images[order]
+
+    cache, stream, fallback = by_idx("cache"), by_idx("dali"), by_idx("wds")
+    # both use libjpeg-turbo but may differ in IDCT / upsampling: a few levels of 255 at most
+    level = 1 / (255 * min(T.CIFAR10_STD))  # one pixel level in normalised units
+    assert (cache - stream).abs().mean() < 1 * level
+    assert (cache - stream).abs().max() < 8 * level
+    assert torch.equal(cache, fallback)  # same decoder, same code path
+
+
+@needs_dali
+def test_dali_train_augmentation_stats(loader_dataset):
+    loader = build("dali", loader_dataset, train=True, batch_size=64)
+    eval_images = torch.cat([b.images for b in build("dali", loader_dataset, train=False, batch_size=64)])
+    images = torch.cat([b.images for b in loader])
+    zero = -torch.tensor(T.CIFAR10_MEAN) / torch.tensor(T.CIFAR10_STD)  # a zero-padded pixel
+    border = images[:, :, 0, :]  # the top row is padding whenever the crop moved down
+    is_pad = torch.isclose(border, zero.view(1, 3, 1)).all(dim=1).all(dim=1)
+    assert 0.2 < is_pad.float().mean() < 0.7  # offset 0..3 of 0..8 rows -> 4/9 in expectation
+    assert abs(images.mean() - eval_images.mean()) < 0.3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loader_imagenet_kind_resizes_any_image_size(kind, odd_dataset):
+    config = T.imagenet(size=24, resize=28)
+    for train in (True, False):
+        loader = build(kind, odd_dataset, transform=config, train=train, batch_size=8)
+        batches = list(loader)
+        assert sorted(i for b in batches for i in b.idx.tolist()) == list(range(37))
+        assert all(b.images.shape[1:] == (3, 24, 24) for b in batches)
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_make_loader_gpu_device_without_gpu_fails_clearly(loader_dataset):
+    for mode in ("stream", "cache"):
+        with pytest.raises(RuntimeError, match="device='cpu'"):
+            make_loader(loader_dataset, "train", mode=mode, batch_size=8, train=True, transform=T.cifar10(),
+                        device=torch.device("cuda"))
+
+
+def test_make_loader_stream_on_other_device_fails_clearly(loader_dataset):
+    with pytest.raises(RuntimeError, match="mode='cache'"):
+        make_loader(loader_dataset, "train", mode="stream", batch_size=8, train=True, transform=T.cifar10(),
+                    device=torch.device("meta"))
+
+
+def test_make_loader_rejects_bad_arguments(loader_dataset):
+    n = loader_dataset.num_samples("train")
+    kw = dict(batch_size=8, train=True, transform=T.cifar10(), device="cpu")
+    with pytest.raises(ValueError, match="bool mask"):
+        make_loader(loader_dataset, "train", mode="cache", exclude=np.zeros(n - 1, dtype=bool), **kw)
+    with pytest.raises(ValueError, match="process_index"):
+        make_loader(loader_dataset, "train", mode="cache", process_index=2, num_processes=2, **kw)
+    with pytest.raises(ValueError, match="mode"):
+        make_loader(loader_dataset, "train", mode="disk", **kw)
+
+
+def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog):
+    monkeypatch.setattr("pipeline.loader.dali_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        loader = make_loader(loader_dataset, "train", mode="stream", batch_size=8, train=True,
+                             transform=T.cifar10(), device="cpu")
+    assert isinstance(loader, WdsLoader)
+    assert "fallback" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+# A real two-process run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_loader_two_real_processes_cover_the_epoch(loader_dataset, tmp_path):
+    out = tmp_path / "idx.json"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process unless mpirun is set up; torchrun
+    # (--multi_gpu) with ACCELERATE_USE_CPU=1 gives two CPU processes on gloo
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(REPO / "tests" / "loader_epoch_worker.py"), str(loader_dataset.path), str(out)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    n = loader_dataset.num_samples("train")
+    assert set(result) >= {"cache", "wds"} | ({"dali"} if dali_available() else set())
+    for mode, record in result.items():
+        assert record["lens"][0] == record["lens"][1], mode
+        assert record["num_samples"] == n
+        for epoch, (a, b) in enumerate(record["epochs"]):
+            assert sorted(a + b) == list(range(n)), f"{mode} epoch {epoch}"
+            assert not set(a) & set(b)
+        assert record["epochs"][0][0] != record["epochs"][1][0], f"{mode}: epochs 0 and 1 in the same order"

@@ -1,0 +1,144 @@
+"""Statistical and exact tests of the noise generators (pipeline/noise.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import noise
+
+K = 10
+N = 20_000
+
+
+def _balanced(n: int = N, k: int = K) -> np.ndarray:
+    return np.arange(n, dtype=np.int64) % k
+
+
+def _tol(p: float, n: int) -> float:
+    """5 standard errors of a binomial proportion: a false failure is ~1e-6 likely."""
+    return 5 * np.sqrt(max(p * (1 - p), 1e-4) / n)
+
+
+def test_symmetric_realised_rate_is_r_times_k_minus_1_over_k():
+    clean = _balanced()
+    noisy = noise.symmetric(clean, 0.4, np.random.default_rng(0), K)
+    assert abs(noise.noise_rate(clean, noisy) - 0.4 * (K - 1) / K) < _tol(0.36, N)
+    # off-diagonal mass is spread evenly over all other classes
+    t = noise.transition_matrix(clean, noisy, K)
+    off = t[~np.eye(K, dtype=bool)]
+    assert np.all(np.abs(off - 0.04) < _tol(0.04, N // K))
+
+
+def test_symmetric_exclusive_never_keeps_the_true_label_of_chosen_samples():
+    clean = _balanced()
+    noisy = noise.symmetric_exclusive(clean, 0.4, np.random.default_rng(1), K)
+    assert noise.noise_rate(clean, noisy) == pytest.approx(0.4, abs=1 / N)  # exactly round(0.4 N) flipped
+    noisy_all = noise.symmetric_exclusive(clean, 1.0, np.random.default_rng(1), K)
+    assert np.all(noisy_all != clean)
+
+
+@pytest.mark.parametrize("gen", ["sym", "symx", "pair", "asym"])
+def test_generators_are_deterministic_per_seed_and_differ_across_seeds(gen):
+    clean = _balanced()
+    a = noise.generate(noise.NoiseSpec(kind=gen, rate=0.4, seed=0), clean, noise.CIFAR10_CLASSES)
+    b = noise.generate(noise.NoiseSpec(kind=gen, rate=0.4, seed=0), clean, noise.CIFAR10_CLASSES)
+    c = noise.generate(noise.NoiseSpec(kind=gen, rate=0.4, seed=1), clean, noise.CIFAR10_CLASSES)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == np.int64
+
+
+def test_generators_do_not_modify_their_input():
+    clean = _balanced()
+    before = clean.copy()
+    noise.symmetric(clean, 0.5, np.random.default_rng(0), K)
+    noise.pair_flip(clean, 0.5, np.random.default_rng(0), K)
+    assert np.array_equal(clean, before)
+
+
+def test_asymmetric_cifar10_transition_matrix_is_the_published_map():
+    clean = _balanced()
+    noisy = noise.asymmetric_cifar10(clean, 0.4, np.random.default_rng(2))
+    t = noise.transition_matrix(clean, noisy, K)
+    c = noise.CIFAR10_CLASSES.index
+    expected = np.eye(K)
+    for src, dst in noise.CIFAR10_ASYM_MAP.items():
+        expected[c(src), c(src)] = 0.6
+        expected[c(src), c(dst)] = 0.4
+    assert np.abs(t - expected).max() < _tol(0.4, N // K)
+    # untouched classes keep their labels exactly
+    for name in ("airplane", "automobile", "frog", "horse", "ship"):
+        assert t[c(name), c(name)] == 1.0
+
+
+def test_asymmetric_cifar10_follows_class_names_not_positions():
+    shuffled = list(reversed(noise.CIFAR10_CLASSES))
+    clean = _balanced()
+    noisy = noise.asymmetric_cifar10(clean, 1.0, np.random.default_rng(0), shuffled)
+    truck, auto = shuffled.index("truck"), shuffled.index("automobile")
+    assert np.all(noisy[clean == truck] == auto)
+
+
+def test_cifar100_superclass_map_cycles_inside_each_superclass():
+    rng = np.random.default_rng(0)
+    parent = rng.permutation(np.repeat(np.arange(20), 5))  # fine -> coarse, superclasses not contiguous
+    fine = np.tile(np.arange(100), 30)
+    target = noise.cifar100_superclass_map(fine, parent[fine])
+    for c in range(20):
+        members = np.flatnonzero(parent == c)
+        assert list(target[members]) == list(np.roll(members, -1))
+    noisy = noise.asymmetric_cifar100(fine, 1.0, np.random.default_rng(0), parent[fine])
+    assert np.all(parent[noisy] == parent[fine]) and np.all(noisy != fine)
+    half = noise.asymmetric_cifar100(fine, 0.3, np.random.default_rng(0), parent[fine])
+    assert abs(noise.noise_rate(fine, half) - 0.3) < _tol(0.3, len(fine))
+
+
+def test_pair_flip_moves_to_next_class_with_probability_r():
+    clean = _balanced()
+    noisy = noise.pair_flip(clean, 0.45, np.random.default_rng(3), K)
+    t = noise.transition_matrix(clean, noisy, K)
+    for i in range(K):
+        assert abs(t[i, (i + 1) % K] - 0.45) < _tol(0.45, N // K)
+        assert t[i, i] + t[i, (i + 1) % K] == pytest.approx(1.0)
+
+
+def test_instance_dependent_mean_rate_and_determinism():
+    rng = np.random.default_rng(0)
+    n = 4000
+    images = rng.integers(0, 256, size=(n, 8, 8, 3), dtype=np.uint8)
+    clean = _balanced(n)
+    a = noise.instance_dependent(clean, 0.4, np.random.default_rng(5), K, images, chunk=97)
+    b = noise.instance_dependent(clean, 0.4, np.random.default_rng(5), K, images)  # chunking changes nothing
+    assert np.array_equal(a, b)
+    assert abs(noise.noise_rate(clean, a) - 0.4) < _tol(0.4, n) + 0.01
+    assert a.min() >= 0 and a.max() < K
+    # the flip target depends on the image: per class, not all flips go to one class
+    flipped_to = {int(x) for x in a[(clean == 0) & (a != clean)]}
+    assert len(flipped_to) > 1
+
+
+def test_transition_matrix_rows_are_normalised_and_absent_classes_zero():
+    t = noise.transition_matrix(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
+    assert np.allclose(t, [[0.5, 0.5, 0], [0, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "name,kind,rate,seed",
+    [("sym-0.40-s0", "sym", 0.4, 0), ("symx-0.20-s3", "symx", 0.2, 3), ("asym-0.40-s0", "asym", 0.4, 0),
+     ("pair-0.45-s12", "pair", 0.45, 12), ("idn-0.40-s1", "idn", 0.4, 1)],
+)
+def test_parse_noise_spec_accepts_the_documented_forms(name, kind, rate, seed):
+    spec = noise.parse_noise_spec(name)
+    assert (spec.kind, spec.rate, spec.seed, spec.name) == (kind, rate, seed, name)
+
+
+@pytest.mark.parametrize("name", ["sym-0.4-s0", "gauss-0.40-s0", "sym-1.50-s0", "sym-0.40", "cifar10n-worse"])
+def test_parse_noise_spec_rejects_other_names_listing_accepted_forms(name):
+    with pytest.raises(noise.NoiseSpecError, match="accepted forms"):
+        noise.parse_noise_spec(name)
+
+
+def test_generate_asym_on_unknown_classes_suggests_pair():
+    with pytest.raises(noise.NoiseSpecError, match="pair-0.40-s0"):
+        noise.generate(noise.parse_noise_spec("asym-0.40-s0"), _balanced(100, 3), ["a", "b", "c"])

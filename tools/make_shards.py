@@ -1,0 +1,137 @@
+"""Convert a raw image dataset into noisyflow shards + label sets, or add label sets to one.
+
+Examples:
+  # the shipped demo subset, with 40 % symmetric noise and the CIFAR-10N labels of its images
+  python tools/make_shards.py --source tools/demo/cifar10-demo.tar.gz --name cifar10-demo --out data \\
+      --label-set sym-0.40-s0 --label-set cifar10n-worse --cifar-n tools/demo/cifar10n-demo.npz
+  # full CIFAR-10 from the JPEG tree, then add a noisy set later without rewriting shards
+  python tools/make_shards.py --source ../shared/data/cifar10/cifar10-jpg.tar.gz --name cifar10 --out data
+  python tools/make_shards.py --add-label-set --name cifar10 --out data --label-set asym-0.40-s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+try:
+    import pipeline  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import cifar_n, noise
+from pipeline.cifar_n import CifarNError
+from pipeline.convert import ConvertConfig, ConvertError, LabelRequests, add_label_sets, convert
+from pipeline.dataset import DatasetError
+from pipeline.sources import FORMATS, SourceError, resolve_source
+
+log = logging.getLogger("make_shards")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="make_shards.py",
+        description=(
+            "Convert a raw dataset into <out>/<name>/: WebDataset shards holding image bytes and the global "
+            "sample index, DALI index files, labels/<split>/*.npy label sets indexed by idx, and manifest.json "
+            "(sha256 of every file, realised noise rates, transition matrices, provenance). The output appears "
+            "only when complete."
+        ),
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("source")
+    src.add_argument("--source", metavar="PATH", help="image tree <root>/<split>/<class>/*.jpg|png as a folder or .tar(.gz); an "
+                     "official cifar-10/100-python archive or folder; or download:cifar10 / download:cifar100")
+    src.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detected)")
+    src.add_argument("--splits", metavar="LIST", help="comma-separated splits to convert (default: every split found)")
+    src.add_argument("--cache-dir", metavar="DIR", default=str(Path.home() / ".cache" / "noisyflow"),
+                     help="where download: sources are kept (default: %(default)s)")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--name", required=True, help="dataset name: the directory <out>/<name>")
+    out.add_argument("--out", metavar="DIR", default="data", help="root of converted datasets (default: %(default)s)")
+    out.add_argument("--samples-per-shard", type=int, metavar="S", default=5000, help="samples per .tar shard (default: %(default)s)")
+    out.add_argument("--seed", type=int, default=0, help="seed of the idx permutation of every split (default: %(default)s)")
+    out.add_argument("--force", action="store_true", help="replace an existing dataset (atomically) or existing label sets")
+
+    lab = p.add_argument_group(
+        "label sets",
+        "Noisy label sets go to the --noisy-split; 'clean' is always written for every split. Names: clean; "
+        + noise.ACCEPTED_FORMS + "; " + ", ".join(sorted(cifar_n.LABEL_SETS)) + " (need --cifar-n).",
+    )
+    lab.add_argument("--label-set", action="append", default=[], metavar="NAME", help="label set to make (repeatable)")
+    lab.add_argument("--cifar-n", type=Path, metavar="PATH", help="CIFAR-10_human.pt / CIFAR-100_human.pt, or the demo's .npz")
+    lab.add_argument("--label-file", action="append", default=[], metavar="NAME=PATH",
+                     help="labels from a .npy or text file (one int per line) in the source's order (repeatable)")
+    lab.add_argument("--clean-subset", type=int, metavar="M",
+                     help="also write mask clean-subset-<M>-s<seed>: a class-balanced clean meta subset of M samples")
+    lab.add_argument("--clean-subset-seed", type=int, metavar="SEED", help="seed of the clean subset (default: --seed)")
+    lab.add_argument("--noisy-split", metavar="SPLIT", default="train", help="split that gets noisy label sets and masks (default: %(default)s)")
+
+    mode = p.add_argument_group("mode")
+    mode.add_argument("--add-label-set", action="store_true",
+                      help="add the label sets / mask to the existing <out>/<name> without touching its shards")
+    mode.add_argument("--no-progress", action="store_true", help="no progress bars")
+    mode.add_argument("-v", "--verbose", action="store_true", help="log details (realised noise rates, files)")
+    return p
+
+
+def _label_files(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--label-file {item!r}: expected NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.add_label_set == bool(args.source):
+        parser.error("give --source to convert, or --add-label-set to add to an existing dataset (not both)")
+    seed_subset = args.clean_subset_seed if args.clean_subset_seed is not None else args.seed
+    req = LabelRequests(
+        label_sets=list(dict.fromkeys(args.label_set)),
+        cifar_n=args.cifar_n,
+        label_files=_label_files(args.label_file, parser),
+        clean_subset=args.clean_subset,
+        clean_subset_seed=seed_subset,
+    )
+    recorded = list(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    try:
+        if args.add_label_set:
+            added = add_label_sets(Path(args.out) / args.name, req, args.noisy_split, args.force, recorded)
+            print(f"added {', '.join(added) or 'nothing'} to {Path(args.out) / args.name}")
+            return 0
+        cfg = ConvertConfig(
+            source=resolve_source(args.source, args.cache_dir),
+            source_format=args.format,
+            name=args.name,
+            out=Path(args.out),
+            splits=args.splits.split(",") if args.splits else None,
+            noisy_split=args.noisy_split,
+            seed=args.seed,
+            samples_per_shard=args.samples_per_shard,
+            force=args.force,
+            labels=req,
+            argv=recorded,
+            progress=not args.no_progress,
+        )
+        path = convert(cfg)
+    except (ConvertError, SourceError, CifarNError, DatasetError, noise.NoiseSpecError) as err:
+        print(f"make_shards: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
