@@ -7,9 +7,6 @@ processes, the same len() in every process, no padding duplicates, `exclude` res
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from pipeline.loader import batch_bounds, dali_available, epoch_plan, make_loade
 from pipeline.wds_loader import WdsLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
+from launch import launch_cpu  # noqa: E402
 from loader_data import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -245,15 +243,10 @@ def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
 def test_loader_two_real_processes_cover_the_epoch(loader_dataset, tmp_path):
     out = tmp_path / "idx.json"
-    # `accelerate launch --cpu --num_processes 2` starts ONE process unless mpirun is set up; torchrun
-    # (--multi_gpu) with ACCELERATE_USE_CPU=1 gives two CPU processes on gloo
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(REPO / "tests" / "loader_epoch_worker.py"), str(loader_dataset.path), str(out)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = launch_cpu(2, REPO / "tests" / "loader_epoch_worker.py", str(loader_dataset.path), str(out), cwd=tmp_path,
+                      timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     n = loader_dataset.num_samples("train")

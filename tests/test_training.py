@@ -1,14 +1,11 @@
 """End-to-end CPU runs of training/run.py on a tiny converted dataset."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from launch import launch_cpu
 from training.run import main
 from training.trainer import Trainer
 
@@ -87,20 +84,10 @@ def test_run_unknown_label_set_names_it(tiny_dataset, tmp_path, capsys):
     assert "sym-0.99-s7" in err and "make_shards" in err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_run_two_processes_sees_every_sample_once(tiny_dataset, tmp_path):
     """Two CPU processes through `accelerate launch` (gloo): metrics are reduced over both."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(ROOT / "training/run.py"), *_args(tiny_dataset, tmp_path, "epochs=1", "cpu=true")]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = launch_cpu(2, ROOT / "training/run.py", *_args(tiny_dataset, tmp_path, "epochs=1", "cpu=true"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     manifest = json.loads((tiny_dataset / "manifest.json").read_text())
