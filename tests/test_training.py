@@ -1,11 +1,17 @@
 """End-to-end CPU runs of training/run.py on a tiny converted dataset."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from launch import launch_cpu
+from state.reader import StateReader
 from training.run import main
 from training.trainer import Trainer
 
@@ -94,3 +100,35 @@ def test_run_two_processes_sees_every_sample_once(tiny_dataset, tmp_path):
     assert results["hardware"]["num_processes"] == 2
     assert results["history"][0]["train_samples"] == manifest["splits"]["train"]["num_samples"]
     assert "test_acc" in results["history"][0]
+
+
+ALR = ("method.name=alr", "method.params.warmup_epochs=1", "deterministic=true")
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_state(tiny_dataset, tmp_path):
+    """kill -9 during epoch 3 (after an epoch of refinement), then --resume: same metrics and sample-store
+    state as an uninterrupted run."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(_args(tiny_dataset, straight, *ALR, "epochs=4")) == 0
+
+    cmd = [sys.executable, str(ROOT / "training/run.py"), *_args(tiny_dataset, killed, *ALR, "epochs=4")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "r" / "checkpoints" / "epoch-0002"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "r" / "results.json").exists()
+
+    assert main(_args(tiny_dataset, killed, *ALR, "epochs=4", "--resume")) == 0
+
+    def comparable(rows):
+        return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_s")} for r in rows]
+
+    assert comparable(_history(killed)) == comparable(_history(straight))
+    final = {run: StateReader(run / "r" / "state.zarr").array("soft_target") for run in (straight, killed)}
+    np.testing.assert_array_equal(final[straight], final[killed])
+    assert "corrected" in _history(killed)[-1]

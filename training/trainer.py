@@ -21,7 +21,9 @@ from pipeline import transforms
 from pipeline.dataset import Dataset
 from pipeline.loader import make_loader
 from training.config import Config, ConfigError, dump_config
-from training.evaluation import TrainTally, predict
+from state.store import SampleStore
+from state.sync import communicator_for
+from training.evaluation import TrainTally, predict, soft_label_diagnostics
 from training.methods import build_method
 from training.methods.base import MethodContext, StepOutput
 from training.models import build_model
@@ -31,6 +33,7 @@ from training.schedule import lr_factor
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+STATE = "state.zarr"
 
 
 class Progress:
@@ -74,6 +77,8 @@ class Trainer:
         self._build_method()
         self.progress = Progress()
         self.accelerator.register_for_checkpointing(self.progress, *self.schedulers.values())
+        if self.store is not None:
+            self.accelerator.register_for_checkpointing(self.store)
         if resume:
             self._resume()
 
@@ -125,6 +130,12 @@ class Trainer:
             build_optimizer=build_optimizer,
         )
         self.method = build_method(cfg.method.name, cfg.method.params, ctx)
+        specs = self.method.state_arrays()
+        self.store = None
+        if specs:
+            self.store = SampleStore(specs, ctx.num_samples, labels=self.noisy.cpu(), num_classes=ctx.num_classes,
+                                     comm=communicator_for(acc))
+            self.method.store = self.store
         models = self.method.build_models()
         self.models = {name: acc.prepare(model) for name, model in models.items()}
         self.optimizers = {name: acc.prepare(build_optimizer(m.parameters())) for name, m in self.models.items()}
@@ -153,6 +164,8 @@ class Trainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
+        if self.store is not None:  # the checkpoint names this snapshot (SampleStore.state_dict)
+            self.store.snapshot(self.run_dir / STATE, final.name, keep=self.config.keep_checkpoints + 1)
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -197,6 +210,12 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         return tally.reduced(acc)
 
+    def _soft_label_diagnostics(self) -> dict:
+        name = self.method.soft_label_array
+        if name is None or self.clean is None:
+            return {}
+        return soft_label_diagnostics(self.store[name], self.noisy.cpu().numpy(), self.clean.cpu().numpy())
+
     def _evaluate(self) -> float:
         idx, pred = predict(self.models["model"], self.test_loader, self.accelerator)
         n = self.test_labels.numel()
@@ -217,6 +236,7 @@ class Trainer:
             row["epoch_seconds"] = seconds
             row["images_per_s"] = row["train_samples"] / seconds
             row.update(self.method.on_epoch_end(epoch))
+            row.update(self._soft_label_diagnostics())
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 row["test_acc"] = self._evaluate()
             self.progress.history.append(row)
@@ -256,6 +276,7 @@ class Trainer:
 
 COLUMNS = [("epoch", "epoch", "{:d}"), ("train_loss", "loss", "{:.3f}"), ("train_acc_noisy", "acc(noisy)", "{:.3f}"),
            ("train_acc_clean", "acc(clean)", "{:.3f}"), ("memorised", "memorised", "{:.3f}"),
+           ("corrected", "corrected", "{:.3f}"), ("broken", "broken", "{:.3f}"),
            ("test_acc", "test acc", "{:.4f}"), ("images_per_s", "img/s", "{:.0f}")]
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from training.methods.alr import ALR
 from training.methods.base import Method, MethodContext
 from training.methods.ce import CE
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR)}
 
 
 def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
