@@ -95,9 +95,11 @@ class SampleStore:
                 raise ValueError(f"state array {spec.name!r}: unknown init {spec.init!r}; "
                                  "use a number or 'one_hot_labels'")
             if labels is None:
-                raise ValueError(f"state array {spec.name!r} has init='one_hot_labels': pass labels= (N,) to SampleStore")
+                raise ValueError(f"state array {spec.name!r} has init='one_hot_labels': "
+                                 "pass labels= (N,) to SampleStore")
             if len(spec.row_shape) != 1:
-                raise ValueError(f"state array {spec.name!r}: one_hot_labels needs row_shape (K,), got {spec.row_shape}")
+                raise ValueError(f"state array {spec.name!r}: one_hot_labels needs row_shape (K,), "
+                                 f"got {spec.row_shape}")
             k = spec.row_shape[0]
             if num_classes is not None and num_classes != k:
                 raise ValueError(f"state array {spec.name!r}: row_shape ({k},) but num_classes={num_classes}")
@@ -134,7 +136,8 @@ class SampleStore:
         idx = _to_numpy(idx, np.int64).reshape(-1)
         bad = np.flatnonzero((idx < 0) | (idx >= self.num_samples))
         if len(bad):
-            raise IndexError(f"gather({name!r}): idx {idx[bad[0]]} at position {bad[0]} is outside [0, {self.num_samples})")
+            raise IndexError(f"gather({name!r}): idx {idx[bad[0]]} at position {bad[0]} is outside "
+                             f"[0, {self.num_samples})")
         rows = kernels.gather_rows(self._flat(table), idx)
         return rows.reshape((idx.shape[0], *table.shape[1:]))
 

@@ -66,3 +66,20 @@ def test_lr_factor_cosine_ends_at_zero():
     assert lr_factor(0, 10, 5, optim) == pytest.approx(1.0)
     assert lr_factor(25, 10, 5, optim) == pytest.approx(0.5)
     assert lr_factor(50, 10, 5, optim) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_recipe_validates_and_names_known_parts(recipe):
+    from training.methods import METHODS
+    from training.models import MODELS
+
+    config = load_config(CONFIGS / recipe)
+    assert config.model.name in MODELS
+    assert config.method.name in METHODS
+    METHODS[config.method.name].Config.model_validate(config.method.params)
+
+
+def test_derived_recipe_merges_method_params():
+    config = load_config(CONFIGS / "cifar10_selc.yaml")
+    assert config.method.name == "alr"
+    assert config.method.params == {"warmup_epochs": 30, "alpha": 0.9, "lam": 0.0}

@@ -77,14 +77,15 @@ def test_two_processes_match_one_process_and_never_share_a_shard(tmp_path):
     # shards: every chunk/shard file (…/<array>/c/<i>/…) was stored by exactly one process, its owner
     shard_writes = [{k for k in r["writes"] if "/c/" in k} for r in reports]
     assert shard_writes[0] and shard_writes[1], "each process must write its own shards"
-    assert not shard_writes[0] & shard_writes[1], f"shards written by both processes: {shard_writes[0] & shard_writes[1]}"
+    both = shard_writes[0] & shard_writes[1]
+    assert not both, f"shards written by both processes: {both}"
     for rank, keys in enumerate(shard_writes):
         for key in keys:
             name, shard = key.split("/c/")[0].rsplit("/", 1)[1], int(key.split("/c/")[1].split("/")[0])
             row_bytes = {"soft": 4 * worker.K, "wrong": 4, "loss": 8}[name]
             layout = plan_layout(worker.N, row_bytes, 2)
             lo, hi = layout.block(rank)
-            assert lo <= shard * layout.shard_rows < hi, f"process {rank} wrote shard {shard} of {name} outside its block"
+            assert lo <= shard * layout.shard_rows < hi, f"process {rank} wrote {name} shard {shard} outside its block"
     on_disk = {str(p) for p in (tmp_path / "run" / "state.zarr" / f"v-{worker.FINAL_TAG}").rglob("*")
                if p.is_file() and "/c/" in str(p)}
     written = {k for k in shard_writes[0] | shard_writes[1] if f"v-{worker.FINAL_TAG}/" in k}

@@ -16,6 +16,8 @@ from training.run import main
 from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+from report import main as report_main  # noqa: E402
 
 
 def _args(dataset: Path, out: Path, *extra: str) -> list[str]:
@@ -48,6 +50,13 @@ def test_run_writes_outputs(tiny_dataset, tmp_path):
     assert (run / "config.yaml").is_file()
     assert len(_history(tmp_path)) == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch-0002"]
+
+    results_md = tmp_path / "RESULTS.md"
+    assert report_main([str(run), "--title", "T", "--append", str(results_md)]) == 0
+    assert report_main([str(run), "--append", str(results_md)]) == 0
+    text = results_md.read_text()
+    assert text.count("## ") == 2 and f"| r | ce | tiny_cnn | sym-0.40-s0" in text
+    assert report_main([str(tmp_path / "missing")]) == 2
 
 
 @pytest.mark.slow
