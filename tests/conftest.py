@@ -89,13 +89,15 @@ def shared_cifar10() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, demo_archive) -> Path:
     """A converted dataset: train (200 images, 4 shards) + test (50), 10 CIFAR-10 classes, real JPEGs,
-    label sets `clean` and `sym-0.40-s0` on train, `clean` on test. Returns the dataset directory."""
+    label sets `clean` and `sym-0.40-s0` on train, `clean` on test, and the train mask
+    `clean-subset-20-s0` (a class-balanced clean meta subset of 20). Returns the dataset directory."""
     main = make_shards_main()
     base = tmp_path_factory.mktemp("tiny")
     tree = write_image_tree(base / "tiny-src")
     rc = main([
         "--source", str(tree), "--name", "tiny", "--out", str(base / "data"),
         "--label-set", "sym-0.40-s0", "--samples-per-shard", str(TINY_SAMPLES_PER_SHARD), "--no-progress",
+        "--clean-subset", "20",
     ])
     assert rc == 0, "make_shards failed to build the tiny dataset"
     return base / "data" / "tiny"

@@ -25,7 +25,9 @@ class DataConfig(_Section):
     clean_label_set: str | None = "clean"  # for diagnostics only; None when the clean labels are unknown
     train_split: str = "train"
     test_split: str = "test"
-    exclude_mask: str | None = None  # mask of idx left out of training (e.g. the clean meta subset)
+    clean_subset: str | None = None  # mask of the clean meta subset, e.g. "clean-subset-1000-s0": left out of
+    # the noisy training stream, and served (with its clean labels) to methods that need it
+    clean_batch_size: int | None = Field(None, gt=0)  # per process; default: batch_size
     loader: Literal["stream", "cache"] = "cache"
     transform: Literal["cifar", "imagenet"] = "cifar"
     image_size: int = Field(32, gt=0)  # output side in px (32 CIFAR, 224 ImageNet-style)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from pipeline import transforms
 from pipeline.dataset import Dataset
 from pipeline.loader import make_loader
+from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore
 from state.sync import communicator_for
@@ -77,8 +78,9 @@ class Trainer:
         self._build_method()
         self.progress = Progress()
         self.accelerator.register_for_checkpointing(self.progress, *self.schedulers.values())
-        if self.store is not None:
-            self.accelerator.register_for_checkpointing(self.store)
+        for extra in (self.store, self.clean_subset):
+            if extra is not None:
+                self.accelerator.register_for_checkpointing(extra)
         if resume:
             self._resume()
 
@@ -108,13 +110,31 @@ class Trainer:
         if data.clean_label_set:
             self.clean = torch.from_numpy(self.dataset.labels(data.train_split, data.clean_label_set)).to(device)
         self.test_labels = torch.from_numpy(self.dataset.labels(data.test_split, "clean")).to(device)  # (N_test,)
-        exclude = self.dataset.mask(data.train_split, data.exclude_mask) if data.exclude_mask else None
-        common = dict(mode=data.loader, transform=_transform(self.config), device=device,
-                      process_index=acc.process_index, num_processes=acc.num_processes, num_threads=data.num_threads)
+        self.subset_mask = self.dataset.mask(data.train_split, data.clean_subset) if data.clean_subset else None
+        self._loader_args = dict(mode=data.loader, transform=_transform(self.config), device=device,
+                                 process_index=acc.process_index, num_processes=acc.num_processes,
+                                 num_threads=data.num_threads)
         self.train_loader = make_loader(self.dataset, data.train_split, batch_size=data.batch_size, train=True,
-                                        seed=self.config.seed, exclude=exclude, **common)
+                                        seed=self.config.seed, exclude=self.subset_mask, **self._loader_args)
         self.test_loader = make_loader(self.dataset, data.test_split, batch_size=data.eval_batch_size, train=False,
-                                       **common)
+                                       **self._loader_args)
+
+    def _clean_subset(self) -> CleanSubset:
+        """Loaders over the clean meta subset only (everything outside the mask is excluded)."""
+        data = self.config.data
+        if self.subset_mask is None or self.clean is None:
+            raise ConfigError(
+                f"method {self.config.method.name!r} needs the clean meta subset: set data.clean_subset=<mask> "
+                f"(make one with tools/make_shards.py --add-label-set --clean-subset M) and keep "
+                f"data.clean_label_set set"
+            )
+        outside = ~self.subset_mask
+        batch_size = data.clean_batch_size or data.batch_size
+        train = make_loader(self.dataset, data.train_split, batch_size=batch_size, train=True,
+                            seed=self.config.seed + 1, exclude=outside, **self._loader_args)
+        evaluation = make_loader(self.dataset, data.train_split, batch_size=data.eval_batch_size, train=False,
+                                 exclude=outside, **self._loader_args)
+        return CleanSubset(train, evaluation, self.clean)
 
     def _build_method(self) -> None:
         cfg, acc = self.config, self.accelerator
@@ -136,6 +156,8 @@ class Trainer:
             self.store = SampleStore(specs, ctx.num_samples, labels=self.noisy.cpu(), num_classes=ctx.num_classes,
                                      comm=communicator_for(acc))
             self.method.store = self.store
+        self.clean_subset = self._clean_subset() if self.method.needs.clean_subset else None
+        self.method.clean = self.clean_subset
         models = self.method.build_models()
         self.models = {name: acc.prepare(model) for name, model in models.items()}
         self.optimizers = {name: acc.prepare(build_optimizer(m.parameters())) for name, m in self.models.items()}

@@ -19,6 +19,7 @@ from state.spec import ArraySpec
 
 if TYPE_CHECKING:
     from state.store import SampleStore
+    from training.clean_subset import CleanSubset
 
 
 class NoParams(BaseModel):
@@ -64,6 +65,7 @@ class Method:
         self.config = config
         self.ctx = ctx
         self.store: SampleStore | None = None  # set by the trainer when state_arrays() is not empty
+        self.clean: CleanSubset | None = None  # set by the trainer when needs.clean_subset
 
     def state_arrays(self) -> list[ArraySpec]:
         return []
