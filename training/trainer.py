@@ -158,14 +158,13 @@ class Trainer:
             self.method.store = self.store
         self.clean_subset = self._clean_subset() if self.method.needs.clean_subset else None
         self.method.clean = self.clean_subset
-        models = self.method.build_models()
-        self.models = {name: acc.prepare(model) for name, model in models.items()}
-        self.optimizers = {name: acc.prepare(build_optimizer(m.parameters())) for name, m in self.models.items()}
+        self.models = {name: acc.prepare(model) for name, model in self.method.build_models().items()}
+        self.optimizers = {name: acc.prepare(opt) for name, opt in self.method.build_optimizers(self.models).items()}
         steps = len(self.train_loader)
         factor = partial(lr_factor, steps_per_epoch=steps, epochs=cfg.epochs, optim=optim)
         # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
-                           for name, opt in self.optimizers.items()}
+                           for name, opt in self.optimizers.items() if name not in self.method.unscheduled}
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -58,6 +58,8 @@ class Method:
     needs: ClassVar[DataNeeds] = DataNeeds()
     #: Set by methods that run their own step; the trainer then calls `train_step`.
     custom_step: ClassVar[bool] = False
+    #: Optimisers (by model name) that keep a constant learning rate.
+    unscheduled: ClassVar[tuple[str, ...]] = ()
     #: Name of a (N, K) soft-label array in the store; the trainer then reports label-correction diagnostics.
     soft_label_array: ClassVar[str | None] = None
 
@@ -73,6 +75,11 @@ class Method:
     def build_models(self) -> dict[str, nn.Module]:
         """Models this method trains; "model" is the one the trainer evaluates."""
         return {"model": self.ctx.build_model()}
+
+    def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        """One optimiser per model, by default the configured one (optim.*). The trainer applies the
+        learning-rate schedule to each, except those named in `unscheduled` (e.g. a meta model's Adam)."""
+        return {name: self.ctx.build_optimizer(model.parameters()) for name, model in models.items()}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         """logits (B, K), labels (B,) int64 noisy labels of batch.idx -> {"loss": scalar, ...}."""
