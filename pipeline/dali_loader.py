@@ -10,10 +10,13 @@
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
 
-Why torch ops for cifar: for 32x32 images DALI's per-sample operator overhead dominates. On two
-CPU cores (CIFAR-10 train, batch 512) read + decode + the two DALI augmentation operators gave
-~30k img/s, read + decode + the torch ops ~47k img/s, side by side. The imagenet kind stays in
-DALI: random-resized-crop wants the full-size image, which torch batches cannot hold.
+Why torch ops for cifar: it is the cache mode's code (one implementation of the recipe), and it
+is at least as fast. Side by side on two CPU cores (CIFAR-10 train, batch 512, interleaved epochs)
+the two DALI augmentation operators and the torch ops gave the same speed within the noise at a
+load average of ~3 (~46k img/s each), and the torch ops ~7 % more with two extra busy processes
+(29k vs 27k). The imagenet kind stays in DALI: random-resized-crop wants the full-size image,
+which a torch batch cannot hold. A consequence: the cifar kind needs images of one size per
+batch (as in cache mode); use the imagenet kind for mixed sizes.
 
 Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so it stops at the end
 of this process's part and trims the padding samples out of the last batch; batches are then
@@ -21,10 +24,10 @@ regrouped by pipeline.loader.epoch_plan so every process takes the same number o
 
 Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
 epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
-same data order as an uninterrupted one (DESIGN.md rule 7). The price, measured: building once
-and resetting per epoch was ~8 % faster on CIFAR-10 (~0.1 s per epoch: index parsing, thread
-start and stop, the shuffle buffer's refill), but the reader's random state then carries over
-from epoch to epoch and a resumed run would see other orders.
+same data order as an uninterrupted one (DESIGN.md rule 7). The price, measured on CIFAR-10:
+building once and resetting per epoch was ~8 % faster (51k vs 47k img/s; build ~0.04 s, teardown
+~0.03 s, and the next epoch's first batches are not prefetched), but the reader's random state
+then carries over from epoch to epoch and a resumed run would see other orders.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds
-from pipeline import transforms as T
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
 log = logging.getLogger(__name__)
@@ -95,8 +98,9 @@ def _one_torch_thread() -> Iterator[None]:
     """torch ops on one thread for the duration: DALI's workers already hold the CPU cores.
 
     An OpenMP team of torch threads on cores busy with DALI decoding waits on preempted threads:
-    with 2 torch threads next to 2 DALI threads on 2 cores the epoch ran at ~10k img/s instead of
-    ~47k (CIFAR-10, batch 512). The previous setting is restored before the batch is yielded.
+    with 2 torch threads next to 2 DALI threads on 2 cores an epoch ran at ~10k img/s, with 1 torch
+    thread at ~31k (CIFAR-10, batch 512, same run, load ~4.5). The previous setting is restored
+    before the batch is yielded.
     """
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
