@@ -38,13 +38,15 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     name: str  # a name from training.models.MODELS
+    pretrained: str | None = None  # weights file, or "auto" (torch/timm cache); never downloaded at run time
 
 
 class OptimConfig(_Section):
-    lr: float = Field(gt=0)  # SGD learning rate at the start of the schedule
-    momentum: float = Field(0.9, ge=0)
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(gt=0)  # learning rate at the start of the schedule
+    momentum: float = Field(0.9, ge=0)  # SGD only
     weight_decay: float = Field(5e-4, ge=0)
-    nesterov: bool = False
+    nesterov: bool = False  # SGD only
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[int] = []  # epochs at which multistep multiplies lr by gamma
     gamma: float = Field(0.1, gt=0)

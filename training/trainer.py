@@ -139,15 +139,21 @@ class Trainer:
     def _build_method(self) -> None:
         cfg, acc = self.config, self.accelerator
         optim = cfg.optim
-        build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
-                                  weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        if optim.name == "sgd":
+            build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
+                                      weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        else:
+            build_optimizer = partial(torch.optim.AdamW, lr=optim.lr, weight_decay=optim.weight_decay)
         ctx = MethodContext(
             num_classes=self.dataset.num_classes,
             num_samples=self.dataset.num_samples(cfg.data.train_split),
             noisy_labels=self.noisy,
+            clean_labels=self.clean,
             epochs=cfg.epochs,
-            build_model=partial(build_model, cfg.model.name, self.dataset.num_classes),
+            build_model=partial(build_model, cfg.model.name, self.dataset.num_classes, pretrained=cfg.model.pretrained),
             build_optimizer=build_optimizer,
+            out_dir=self.run_dir / "method",
+            is_main_process=acc.is_main_process,
         )
         self.method = build_method(cfg.method.name, cfg.method.params, ctx)
         specs = self.method.state_arrays()
@@ -204,6 +210,7 @@ class Trainer:
         for m in self.models.values():
             m.train()
         self.train_loader.set_epoch(epoch)
+        method.on_epoch_start(epoch)
         tally = TrainTally(has_clean=self.clean is not None)
         bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)

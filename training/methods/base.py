@@ -8,6 +8,7 @@ and supplies either `loss` (the trainer runs the standard step) or its own `trai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
 import torch
@@ -39,9 +40,12 @@ class MethodContext:
     num_classes: int
     num_samples: int  # N of the training split (state arrays have N rows)
     noisy_labels: torch.Tensor  # (N,) int64 on the training device, indexed by idx
+    clean_labels: torch.Tensor | None  # (N,) int64 when known: for diagnostics only, never for training
     epochs: int
     build_model: Callable[[], nn.Module]  # a fresh model of the configured architecture
     build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the configured optimiser
+    out_dir: Path  # <run>/method/: where a method may write its own per-epoch artefacts (main process only)
+    is_main_process: bool
 
 
 @dataclass
@@ -88,6 +92,9 @@ class Method:
     def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, nn.Module],
                    optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:
         raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset)."""
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Epoch hook; returns method-specific metrics for the epoch's log row."""
