@@ -1,15 +1,19 @@
 """Conversion driver: a raw source -> a converted dataset directory (the layout in pipeline/dataset.py).
 
-:func:`convert` reads a source (pipeline/sources.py), assigns each split a seeded permutation
+:func:`convert` reads a source (pipeline/sources/), assigns each split a seeded permutation
 (idx = position in it, DESIGN rule 1), writes shards in idx order, the clean labels, source index and
 keys, the requested label sets and masks, and manifest.json last. Everything is written into
-``<out>/.<name>.tmp-<pid>`` and renamed into place only when complete, so a failure leaves nothing.
+``<out>/.<name>.partial`` and renamed into place only when complete. Shards are written by
+pipeline/shard_stream.py: streamed through a pool of worker processes (verify, optional resize),
+journaled after each shard, so an interrupted conversion resumes where it stopped; an error in the
+input (a corrupt image, a bad list line) discards the partial state.
 :func:`add_label_sets` adds label sets and masks to an existing dataset without touching its shards.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import logging
 import os
@@ -17,16 +21,16 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from pipeline import cifar_n, noise
+from pipeline import cifar_n, noise, shard_stream
 from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
-from pipeline.shards import ShardWriter, read_shard, sha256_file
+from pipeline.shards import ShardWriter, read_shard, sha256_file  # noqa: F401  (ShardWriter: tests patch it here)
 from pipeline.sources import Source, SourceError, decode_image, open_source
 
 log = logging.getLogger(__name__)
@@ -64,12 +68,23 @@ class ConvertConfig:
     labels: LabelRequests = field(default_factory=LabelRequests)
     argv: list[str] | None = None  # recorded in provenance
     progress: bool = True
+    source_options: dict = field(default_factory=dict)  # format-specific (pipeline.sources.OPTIONS)
+    resize_shorter: int | None = None  # px: resize images whose shorter side is longer, re-encode as JPEG
+    jpeg_quality: int = 90  # for re-encoded (resized) images
+    workers: int = 0  # encoding processes; 0 = one per CPU core
+    restart: bool = False  # discard a partial conversion instead of resuming it
 
     def __post_init__(self):
         if not _FILE_NAME_RE.match(self.name):
             raise ConvertError(f"--name {self.name!r}: use lower-case letters, digits, '.', '_' or '-'")
         if self.samples_per_shard < 1:
             raise ConvertError(f"--samples-per-shard must be >= 1, got {self.samples_per_shard}")
+        if self.resize_shorter is not None and self.resize_shorter < 8:
+            raise ConvertError(f"--resize-shorter must be >= 8 px, got {self.resize_shorter}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConvertError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
+        if self.workers < 0:
+            raise ConvertError(f"--workers must be >= 0 (0 = one per core), got {self.workers}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,37 +297,29 @@ def _split_seed(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode())])
 
 
-def _write_split(tmp: Path, source: Source, split_name: str, cfg: ConvertConfig, keep_pixels: bool):
-    """Shards of one split in idx order; returns (shards, perm, pixels or None, image exts)."""
-    records = source.splits[split_name].records
-    n = len(records)
-    perm = _split_seed(cfg.seed, split_name).permutation(n)  # perm[idx] = source position
-    writer = ShardWriter(tmp, split_name, cfg.samples_per_shard)
-    pixels = None
-    exts: set[str] = set()
+def _where_fn(source: Source):
+    """How errors name a record: its file, or <archive>:<root>/<key> for archive members."""
     where_prefix = f"{source.path}:" if source.path.is_file() else ""
     root = source.extra.get("root", ".")
-    bar = tqdm(total=n, desc=f"{cfg.name}/{split_name}", unit="img", disable=not cfg.progress, leave=False)
-    for idx in range(n):
-        record = records[perm[idx]]
-        data = record.read()
-        where = str(record.path) if record.path is not None else f"{where_prefix}{root}/{record.key}"
-        image = decode_image(data, where)
-        if keep_pixels:
-            array = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    return lambda record: str(record.path) if record.path is not None else f"{where_prefix}{root}/{record.key}"
+
+
+def _pixels_from_paths(paths: list[Path], n: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) pixels in idx order, decoded from written shards (instance-dependent noise)."""
+    pixels = None
+    for shard in paths:
+        for idx, data, _ext in read_shard(shard):
+            array = np.asarray(decode_image(data, f"{shard}:{idx}").convert("RGB"))  # (H, W, 3)
             if pixels is None:
                 pixels = np.empty((n, *array.shape), dtype=np.uint8)
             if array.shape != pixels.shape[1:]:
                 raise ConvertError(
-                    f"{where}: image of shape {array.shape}, others {pixels.shape[1:]}; instance-dependent "
+                    f"{shard}: sample {idx} has shape {array.shape}, others {pixels.shape[1:]}; instance-dependent "
                     f"noise needs images of one size"
                 )
             pixels[idx] = array
-        writer.write(idx, data, record.ext)
-        exts.add(record.ext)
-        bar.update(1)
-    bar.close()
-    return writer.close(), perm, pixels, exts
+    assert pixels is not None
+    return pixels
 
 
 def _precheck_counts(req: LabelRequests, n: int, num_classes: int) -> None:
@@ -328,59 +335,94 @@ def _precheck_counts(req: LabelRequests, n: int, num_classes: int) -> None:
             )
 
 
+# Errors in the input: the partial state is discarded (the input must change, and with it the shards).
+# Anything else (interrupt, disk full, a killed process) keeps it so that the same command resumes.
+_INPUT_ERRORS = (ConvertError, SourceError, cifar_n.CifarNError, noise.NoiseSpecError)
+
+
+class _Lock:
+    """An exclusive lock on the partial directory, so two conversions never write it at once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.close()
+            raise ConvertError(f"{path.parent} is being written by another make_shards; wait for it or stop it") from None
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.file.close()
+
+
+def _fingerprint(cfg: ConvertConfig, source: Source) -> str:
+    parts = {
+        "format_version": FORMAT_VERSION,
+        "source": str(Path(cfg.source).resolve()),
+        "format": source.format,
+        "splits": list(source.splits),
+        "seed": cfg.seed,
+        "samples_per_shard": cfg.samples_per_shard,
+        "resize_shorter": cfg.resize_shorter,
+        "jpeg_quality": cfg.jpeg_quality if cfg.resize_shorter else None,
+    }
+    return shard_stream.fingerprint(parts, {n: (s.keys, s.labels) for n, s in source.splits.items()})
+
+
+def partial_dir(out: Path, name: str) -> Path:
+    """Where a conversion in progress lives (renamed to <out>/<name> when complete)."""
+    return Path(out) / f".{name}.partial"
+
+
 def convert(cfg: ConvertConfig) -> Path:
-    """Converts cfg.source into cfg.out/cfg.name; returns the dataset directory."""
+    """Converts cfg.source into cfg.out/cfg.name; returns the dataset directory.
+
+    Resumable: shards go into partial_dir(out, name) with a journal; an interrupted run (Ctrl-C, a
+    crash, disk full) leaves it there and the same command continues after the last complete shard.
+    An error in the input discards it. The dataset appears (atomic rename) only when complete."""
     check_requests(cfg.labels)
     final = Path(cfg.out) / cfg.name
     if final.exists() and not cfg.force:
         raise ConvertError(f"{final} already exists; pass --force to replace it, or --add-label-set to add label sets")
-    source = open_source(cfg.source, cfg.splits, cfg.source_format)
+    source = open_source(cfg.source, cfg.splits, cfg.source_format, **cfg.source_options)
     if cfg.labels.label_sets or cfg.labels.label_files or cfg.labels.clean_subset:
         if cfg.noisy_split not in source.splits:
             raise ConvertError(f"--noisy-split {cfg.noisy_split!r} is not among the splits {sorted(source.splits)}")
         _precheck_counts(cfg.labels, len(source.splits[cfg.noisy_split].records), len(source.classes))
     needs_pixels = any(n.startswith("idn-") for n in cfg.labels.label_sets)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{cfg.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = partial_dir(cfg.out, cfg.name)
+    tmp.mkdir(exist_ok=True)
+    lock = _Lock(tmp / ".lock")
+    fp = _fingerprint(cfg, source)
+    journal = shard_stream.Journal(tmp, fp) if cfg.restart else shard_stream.Journal.load(tmp, fp)
+    if not journal.num_done():
+        for p in tmp.iterdir():  # stale files of another conversion
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    else:
+        log.warning("%s: resuming (%d shards already written)", tmp, journal.num_done())
+    workers = cfg.workers or os.cpu_count() or 1
+    pool = shard_stream.make_pool(workers)
+    done = False
     try:
         splits: dict[str, SplitEntry] = {}
         all_exts: set[str] = set()
-        for split_name in source.splits:
-            src_split = source.splits[split_name]
-            keep_pixels = needs_pixels and split_name == cfg.noisy_split
-            shards, perm, pixels, exts = _write_split(tmp, source, split_name, cfg, keep_pixels)
+        for split_name, src_split in source.splits.items():
+            n = len(src_split.records)
+            perm = _split_seed(cfg.seed, split_name).permutation(n)  # perm[idx] = source position
+            shards, exts = shard_stream.write_split(
+                tmp, split_name, src_split.records, perm, cfg.samples_per_shard, journal, _where_fn(source),
+                pool=pool, resize_shorter=cfg.resize_shorter, quality=cfg.jpeg_quality, progress=cfg.progress,
+                desc=f"{cfg.name}/{split_name}",
+            )
             all_exts |= exts
-            clean = src_split.labels[perm]
-            keys = [src_split.records[p].key for p in perm]
-            keys_rel = f"{LABEL_DIR}/{split_name}/source_keys.json"
-            (tmp / keys_rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / keys_rel).write_text(json.dumps(keys))
-            index_entry = ArrayEntry(
-                file=f"{LABEL_DIR}/{split_name}/source_index.npy",
-                sha256=_write_array(tmp, f"{LABEL_DIR}/{split_name}/source_index.npy", perm.astype(np.int64)),
-                kind="source_index",
-                params={"order": source.extra.get("class_order", "source")},
-            )
-            entry = SplitEntry(
-                num_samples=len(perm),
-                shards=[ShardEntry(**vars(s)) for s in shards],
-                source_index=index_entry,
-                source_keys=keys_rel,
-                source_keys_sha256=sha256_file(tmp / keys_rel),
-                label_sets={"clean": _label_entry(tmp, split_name, "clean", clean, "clean", {}, clean, len(source.classes))},
-            )
-            coarse = src_split.coarse_labels[perm] if src_split.coarse_labels is not None else None
-            if coarse is not None:
-                entry.label_sets["coarse"] = _label_entry(
-                    tmp, split_name, "coarse", coarse, "coarse", {"classes": source.coarse_classes}, clean, len(source.classes)
-                )
-            if split_name == cfg.noisy_split:
-                arrays = SplitArrays(split_name, clean, keys, perm.astype(np.int64), coarse, pixels)
-                _add_requested(tmp, arrays, entry, source.classes, cfg.labels, replace=False)
-            splits[split_name] = entry
+            splits[split_name] = _split_entry(tmp, source, src_split, split_name, perm, shards, cfg, needs_pixels)
+        if pool is not None:
+            pool.shutdown()
+            pool = None
         src = Path(cfg.source).resolve()
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -393,10 +435,13 @@ def convert(cfg: ConvertConfig) -> Path:
                 "args": cfg.argv,
                 "source": str(src),
                 "source_format": source.format,
+                "source_options": {k: str(v) for k, v in cfg.source_options.items() if v is not None},
                 "source_sha256": sha256_file(src) if src.is_file() else None,
                 "class_order": source.extra.get("class_order"),
                 "seed": cfg.seed,
                 "samples_per_shard": cfg.samples_per_shard,
+                "resize_shorter": cfg.resize_shorter,
+                "jpeg_quality": cfg.jpeg_quality if cfg.resize_shorter else None,
                 "noisy_split": cfg.noisy_split,
                 "git_commit": _git_commit(),
                 "created": _now(),
@@ -405,12 +450,87 @@ def convert(cfg: ConvertConfig) -> Path:
             },
         )
         _write_manifest(tmp, manifest)
+        (tmp / shard_stream.JOURNAL).unlink()
+        lock.release()
         _move_into_place(tmp, final, cfg.force)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        done = True
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if not done:
+            kept = journal.num_done() > 0 and not isinstance(sys.exc_info()[1], _INPUT_ERRORS)
+            if kept:
+                log.warning("conversion interrupted; %d complete shards kept in %s: run the same command again to "
+                            "continue (or add --restart to start over)", journal.num_done(), tmp)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+            lock.file.close()
     log.info("wrote %s", final)
     return final
+
+
+def _split_entry(tmp: Path, source: Source, src_split, split_name: str, perm: np.ndarray, shards, cfg: ConvertConfig,
+                 needs_pixels: bool) -> SplitEntry:
+    """Writes a split's labels, masks, source index and keys (all in idx order) and returns its manifest entry."""
+    num_classes = len(source.classes)
+    primary = src_split.labels[perm]  # int64 (N,), idx order
+    keys_src = src_split.keys
+    keys = [keys_src[p] for p in perm]
+    keys_rel = f"{LABEL_DIR}/{split_name}/source_keys.json"
+    (tmp / keys_rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp / keys_rel).write_text(json.dumps(keys))
+    index_entry = ArrayEntry(
+        file=f"{LABEL_DIR}/{split_name}/source_index.npy",
+        sha256=_write_array(tmp, f"{LABEL_DIR}/{split_name}/source_index.npy", perm.astype(np.int64)),
+        kind="source_index",
+        params={"order": source.extra.get("class_order", "source")},
+    )
+    # the clean labels of the split, when fully known: its own labels or a full extra set named "clean"
+    if src_split.label_name == "clean":
+        clean = primary
+    elif "clean" in src_split.extra_labels:
+        clean = src_split.extra_labels["clean"][0][perm]
+    else:
+        clean = None
+    label_sets: dict[str, ArrayEntry] = {}
+    kind = "clean" if src_split.label_name == "clean" else "published"
+    params = {} if kind == "clean" else {"source": source.format, "meaning": "the labels the dataset ships"}
+    label_sets[src_split.label_name] = _label_entry(tmp, split_name, src_split.label_name, primary, kind, params,
+                                                    clean, num_classes)
+    masks: dict[str, ArrayEntry] = {}
+    for name, (mask, mparams) in src_split.masks.items():
+        masks[name] = _mask_entry(tmp, split_name, name, mask[perm], mparams)
+    for name, (labels, lkind, lparams) in src_split.extra_labels.items():
+        labels = labels[perm]
+        known_mask = lparams.get("known_mask")
+        ref = clean if clean is not None and name != "clean" else (primary if name == "clean" else None)
+        entry = _label_entry(tmp, split_name, name, labels, "clean" if name == "clean" else lkind, lparams, ref,
+                             num_classes)
+        if known_mask is not None and ref is not None:  # rate over the samples whose label is known
+            known = src_split.masks[known_mask][0][perm]
+            entry.noise_rate = round(noise.noise_rate(ref[known], labels[known]), 6) if known.any() else None
+            entry.transition_matrix = np.round(noise.transition_matrix(ref[known], labels[known], num_classes),
+                                               6).tolist()
+        label_sets[name] = entry
+    entry = SplitEntry(
+        num_samples=len(perm),
+        shards=[ShardEntry(**vars(s)) for s in shards],
+        source_index=index_entry,
+        source_keys=keys_rel,
+        source_keys_sha256=sha256_file(tmp / keys_rel),
+        label_sets=label_sets,
+        masks=masks,
+    )
+    coarse = src_split.coarse_labels[perm] if src_split.coarse_labels is not None else None
+    if coarse is not None:
+        entry.label_sets["coarse"] = _label_entry(
+            tmp, split_name, "coarse", coarse, "coarse", {"classes": source.coarse_classes}, clean, num_classes
+        )
+    if split_name == cfg.noisy_split:
+        pixels = _pixels_from_paths([tmp / s.tar for s in shards], len(perm)) if needs_pixels else None
+        arrays = SplitArrays(split_name, clean, keys, perm.astype(np.int64), coarse, pixels)
+        _add_requested(tmp, arrays, entry, source.classes, cfg.labels, replace=False)
+    return entry
 
 
 def _move_into_place(tmp: Path, final: Path, force: bool) -> None:
@@ -431,16 +551,7 @@ def _move_into_place(tmp: Path, final: Path, force: bool) -> None:
 
 
 def _pixels_from_shards(ds: Dataset, split: str) -> np.ndarray:
-    n = ds.num_samples(split)
-    pixels = None
-    for shard in ds.shard_paths(split):
-        for idx, data, _ext in read_shard(shard):
-            array = np.asarray(decode_image(data, f"{shard}:{idx}").convert("RGB"))
-            if pixels is None:
-                pixels = np.empty((n, *array.shape), dtype=np.uint8)
-            pixels[idx] = array
-    assert pixels is not None
-    return pixels
+    return _pixels_from_paths(ds.shard_paths(split), ds.num_samples(split))
 
 
 def add_label_sets(dataset_dir: Path, req: LabelRequests, noisy_split: str = "train", force: bool = False,
@@ -466,4 +577,4 @@ def add_label_sets(dataset_dir: Path, req: LabelRequests, noisy_split: str = "tr
     return added
 
 
-__all__ = ["ConvertConfig", "ConvertError", "LabelRequests", "SourceError", "add_label_sets", "convert"]
+__all__ = ["ConvertConfig", "ConvertError", "LabelRequests", "SourceError", "add_label_sets", "convert", "partial_dir"]

@@ -9,6 +9,9 @@
     imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
+    views (cifar kind)      views=("weak", "strong"): the same torch ops also make the views
+                            (T.train_views); the imagenet kind has no views in stream mode (its
+                            augmentation is DALI's: use the cache mode for multi-view methods)
 
 Why torch ops for cifar: it is the cache mode's code (one implementation of the recipe), and it
 is at least as fast. Side by side on two CPU cores (CIFAR-10 train, batch 512, interleaved epochs)
@@ -45,7 +48,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds
+from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +131,15 @@ class DaliLoader:
         exclude: np.ndarray | None = None,
         num_threads: int = 2,
         dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
+        views: tuple[str, ...] = (),
     ):
+        self.views = T.check_views(views)
+        if self.views and transform.kind != "cifar":
+            raise ValueError(
+                f"views {self.views} with the {transform.kind!r} transform in stream mode are not supported "
+                f"(DALI augments that kind itself; only the cifar kind uses the torch ops that make views): "
+                f"use data.loader=cache"
+            )
         self.paths = [str(p) for p in dataset.shard_paths(split)]
         self.index_paths = [str(p) for p in dataset.index_paths(split)]
         for tar, index in zip(self.paths, self.index_paths):
@@ -184,6 +195,7 @@ class DaliLoader:
         _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
         generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
+        strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
         iterator = self._build(epoch)
         tail_images, tail_idx, seen = [], [], 0
         try:
@@ -192,7 +204,7 @@ class DaliLoader:
                 idx = outputs[0]["idx"].reshape(-1)  # (b,) int64
                 seen += idx.numel()
                 if step < len(bounds) - 1:
-                    yield self._batch(images, idx, generator)
+                    yield self._batch(images, idx, generator, strong)
                 else:  # the last step takes everything left (the surplus of a larger part included)
                     tail_images.append(images.clone())
                     tail_idx.append(idx.clone())
@@ -204,16 +216,23 @@ class DaliLoader:
                 f"expected {stop - start}: the .idx index files may not match the tars; re-run tools/make_shards.py --force"
             )
         if bounds:
-            yield self._batch(torch.cat(tail_images), torch.cat(tail_idx), generator)
+            yield self._batch(torch.cat(tail_images), torch.cat(tail_idx), generator, strong)
         self.epoch = epoch + 1
 
-    def _batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator) -> Batch:
+    def _batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
+               strong: torch.Generator | None = None) -> Batch:
         images = images.to(self.device, non_blocking=True)
         idx = idx.to(self.device, non_blocking=True)
         if self.exclude is not None:
             keep = ~self.exclude[idx]
             images, idx = images[keep], idx[keep]
+        views = {}
         if self.transform.kind == "cifar":  # (b, H, W, 3) uint8 -> (b, 3, size, size) float32
             with _one_torch_thread() if self.device.type == "cpu" else nullcontext():
-                images = T.apply(images.permute(0, 3, 1, 2), self.transform, train=self.train, generator=generator)
-        return Batch(images=images, idx=idx)
+                if self.views:
+                    images, views = T.train_views(images.permute(0, 3, 1, 2), self.transform, self.views,
+                                                  generator=generator, strong_generator=strong)
+                else:
+                    images = T.apply(images.permute(0, 3, 1, 2), self.transform, train=self.train,
+                                     generator=generator)
+        return Batch(images=images, idx=idx, views=views)

@@ -5,6 +5,12 @@ Two modes from the same shards (DESIGN.md rule 3):
           (e.g. macOS) a plain tarfile + torchvision fallback does the same (pipeline/wds_loader.py)
   cache   the split is decoded once into a uint8 tensor on the device (pipeline/cache_loader.py)
 
+Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives every Batch
+`views["weak"]` (the normal train augmentation, the same tensor as `batch.images`) and
+`views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/transforms.py),
+both from the batched torch ops in every mode. The strong view draws from its own generator seeded
+by (seed, epoch, process) (`strong_view_generator`), so asking for views leaves `batch.images` unchanged.
+
 Every loader yields Batch objects and gives the same number of steps in every process, because a
 distributed step is a collective: one process with an extra batch would wait forever for the
 others. `epoch_plan` is the one rule all loaders follow:
@@ -27,7 +33,7 @@ import torch
 
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
-from pipeline.transforms import TransformConfig
+from pipeline.transforms import TransformConfig, check_views
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +91,19 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+STRONG_VIEW_PURPOSE = 4  # derive_seed purposes: 0 order, 1+r cache/fallback augment, 2 DALI, 3 shuffle/DALI augment
+
+
+def strong_view_generator(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,
+                          process_index: int) -> torch.Generator | None:
+    """The strong view's generator for one epoch of one process (None when no strong view is asked for)."""
+    if "strong" not in views:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, epoch, STRONG_VIEW_PURPOSE, process_index))
+    return generator
+
+
 # ----------------------------------------------------------------------------------------------
 # Checks shared by the loaders
 
@@ -140,6 +159,7 @@ def make_loader(
     seed: int = 0,
     exclude: np.ndarray | None = None,  # bool (N,), True = leave this idx out (e.g. the clean meta subset)
     num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
+    views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from ("weak", "strong"); train only
 ) -> Loader:
     """Builds the loader of one split for this process; see the module docstring for the split rule."""
     if mode not in ("stream", "cache"):
@@ -148,6 +168,10 @@ def make_loader(
         raise ValueError(f"process_index {process_index} is outside [0, num_processes={num_processes})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    views = check_views(views)
+    if views and not train:
+        raise ValueError(f"views {views} were asked for on the evaluation loader of split {split!r}: "
+                         f"views are train augmentations; pass views=() with train=False")
     device = check_device(device)
     n = dataset.num_samples(split)
     exclude = check_exclude(exclude, n, f"split {split!r} of {dataset.path}")
@@ -159,7 +183,7 @@ def make_loader(
         )
     common = dict(
         batch_size=batch_size, train=train, transform=transform, device=device, process_index=process_index,
-        num_processes=num_processes, seed=seed, exclude=exclude, num_threads=num_threads,
+        num_processes=num_processes, seed=seed, exclude=exclude, num_threads=num_threads, views=views,
     )
     if mode == "cache":
         from pipeline.cache_loader import CacheLoader

@@ -101,6 +101,19 @@ def pair_flip(labels: np.ndarray, rate: float, rng: np.random.Generator, num_cla
     return _flip_with_map(labels, rate, rng, (np.arange(num_classes) + 1) % num_classes)
 
 
+def random_flip_map(num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """target[i]: one class drawn uniformly from the K-1 classes other than i, independently per
+    class (so two classes may share a target). The "flip" noise of MLC / EBOMLC."""
+    if num_classes < 2:
+        raise ValueError("flip noise needs at least 2 classes")
+    return (np.arange(num_classes) + rng.integers(1, num_classes, size=num_classes)) % num_classes
+
+
+def random_flip(labels: np.ndarray, rate: float, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """class i -> one fixed random class j != i (random_flip_map, drawn first from rng) with probability rate."""
+    return _flip_with_map(labels, rate, rng, random_flip_map(num_classes, rng))
+
+
 def _truncated_normal(rng: np.random.Generator, mean: float, std: float, size: int, low=0.0, high=1.0) -> np.ndarray:
     """N(mean, std) truncated to [low, high] by rejection (exact; at most a few rounds for std 0.1)."""
     out = np.empty(size)
@@ -187,12 +200,14 @@ KINDS = {
     "symx": "symmetric-exclusive",
     "asym": "asymmetric",
     "pair": "pair-flip",
+    "flip": "random-flip",
     "idn": "instance-dependent",
 }
 _NAME_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<rate>[01]\.\d\d)-s(?P<seed>\d+)$")
 ACCEPTED_FORMS = (
     "sym-<rate>-s<seed> (symmetric over all K), symx-<rate>-s<seed> (to another class), "
     "asym-<rate>-s<seed> (CIFAR-10 map or CIFAR-100 superclasses), pair-<rate>-s<seed> (i -> i+1), "
+    "flip-<rate>-s<seed> (i -> one fixed random j != i, MLC/EBOMLC), "
     "idn-<rate>-s<seed> (instance-dependent); rate with two decimals in [0.00, 1.00], e.g. sym-0.40-s0"
 )
 
@@ -203,7 +218,7 @@ class NoiseSpecError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class NoiseSpec:
-    kind: str  # key of KINDS: "sym", "symx", "asym", "pair", "idn"
+    kind: str  # key of KINDS: "sym", "symx", "asym", "pair", "flip", "idn"
     rate: float  # target noise rate in [0, 1]
     seed: int
 
@@ -254,6 +269,8 @@ def generate(
         return symmetric_exclusive(clean, spec.rate, rng, k)
     if spec.kind == "pair":
         return pair_flip(clean, spec.rate, rng, k)
+    if spec.kind == "flip":
+        return random_flip(clean, spec.rate, rng, k)
     if spec.kind == "asym":
         if set(classes) == set(CIFAR10_CLASSES):
             return asymmetric_cifar10(clean, spec.rate, rng, classes)

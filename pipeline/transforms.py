@@ -11,6 +11,13 @@ comes from one torch.Generator, so a (seed, epoch) pair fixes the augmentation. 
 (pipeline/dali_loader.py) uses these ops too for the cifar kind, on the batches DALI decodes; its
 imagenet kind keeps DALI operators (random-resized-crop needs the full-size images).
 
+Two views (methods that declare DataNeeds(views=("weak", "strong")), e.g. IDO): `train_views`
+returns "weak", the normal train augmentation above (the same tensor as `apply(train=True)` gives
+for the same generator), and "strong", an independent draw of the same crop/flip followed by a
+photometric RandAugment (`randaugment`, n ops per image, magnitude m of MAX_MAGNITUDE; the op list
+and the magnitude scale are in RANDAUGMENT_OPS's comment). The strong view has its own generator,
+so asking for views never changes the weak images.
+
 Images of the imagenet kind have varying sizes, and a batch tensor needs one size; the cache and
 the fallback therefore first bring every image to `resize` x `resize` (shorter side to `resize`,
 then a center crop; `to_fixed_size`). The eval center crop of that square equals the usual
@@ -181,3 +188,211 @@ def apply(images: Tensor, config: TransformConfig, *, train: bool, generator: to
     if train:
         return normalise(random_resized_crop_flip(images, config.size, generator), config)
     return normalise(center_crop(images, config.size), config)
+
+
+# ----------------------------------------------------------------------------------------------
+# RandAugment, photometric ops only, batched on (B, 3, H, W) uint8
+#
+# The magnitude scale is torchvision's (31 bins): m in [0, MAX_MAGNITUDE = 30], strength = m / 30.
+# RandAugment(n=2, m=10) therefore means 2 ops per image at a third of their largest strength:
+#   identity      -
+#   brightness    blend with black,          factor 1 +- 0.9 * m/30  (m=10: 0.7 or 1.3, sign random per image)
+#   contrast      blend with the image's mean grey level, same factor range
+#   color         blend with the image's greyscale (saturation), same factor range
+#   sharpness     blend with the 3x3-smoothed image (PIL's SMOOTH kernel, border kept), same factor range
+#   posterize     keep 8 - round(4 * m/30) bits per channel    (m=10: 7 bits)
+#   solarize      invert pixels >= 255 * (1 - m/30)            (m=10: >= 170)
+#   equalize      per-channel histogram equalisation (PIL's algorithm), no magnitude
+#   autocontrast  per-channel min/max stretch to [0, 255], no magnitude
+# Geometric ops (rotate, shear, translate) are left out: the spec asks for photometric ops only, and
+# the crop/flip before them already moves the image. Each op's output is rounded back to uint8,
+# as PIL does between ops, so posterize/solarize/equalize see integer pixels.
+
+MAX_MAGNITUDE = 30
+RANDAUGMENT_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "posterize", "solarize", "equalize",
+                   "autocontrast")
+ENHANCE_RANGE = 0.9  # largest |factor - 1| of the blend ops, at m = MAX_MAGNITUDE
+GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as PIL's convert("L")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandAugmentConfig:
+    """RandAugment of the strong view: `n` ops per image, drawn uniformly (with replacement) from `ops`."""
+
+    n: int = 2  # ops applied to every image, one after the other
+    magnitude: int = 10  # strength, 0..MAX_MAGNITUDE (torchvision's scale)
+    ops: tuple[str, ...] = RANDAUGMENT_OPS
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or not 0 <= self.magnitude <= MAX_MAGNITUDE:
+            raise ValueError(f"RandAugmentConfig: n must be >= 0 and magnitude in [0, {MAX_MAGNITUDE}], "
+                             f"got n={self.n} magnitude={self.magnitude}")
+        unknown = [op for op in self.ops if op not in RANDAUGMENT_OPS]
+        if unknown or not self.ops:
+            raise ValueError(f"RandAugmentConfig: unknown ops {unknown} (or none); choose from {RANDAUGMENT_OPS}")
+
+
+def _to_uint8(x: Tensor) -> Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
+    """PIL ImageEnhance: degenerate + factor (image - degenerate); factor (b,), clipped to uint8."""
+    out = images.float().sub_(degenerate).mul_(factor.view(-1, 1, 1, 1)).add_(degenerate)
+    return _to_uint8(out)
+
+
+def grey(images: Tensor) -> Tensor:
+    """(b, 3, H, W) uint8 -> (b, 1, H, W) float32 luma."""
+    w = torch.tensor(GREY, device=images.device).view(1, 3, 1, 1)
+    return (images.float() * w).sum(dim=1, keepdim=True)
+
+
+def brightness(images: Tensor, factor: Tensor) -> Tensor:
+    return _blend(images, torch.zeros((), device=images.device), factor)
+
+
+def contrast(images: Tensor, factor: Tensor) -> Tensor:
+    return _blend(images, grey(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def color(images: Tensor, factor: Tensor) -> Tensor:
+    return _blend(images, grey(images), factor)
+
+
+def sharpness(images: Tensor, factor: Tensor) -> Tensor:
+    """Blend with the image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13; border pixels stay as they are."""
+    kernel = torch.ones(3, 1, 3, 3, device=images.device)
+    kernel[:, :, 1, 1] = 5.0
+    kernel /= 13.0
+    smooth = images.float()
+    smooth[:, :, 1:-1, 1:-1] = F.conv2d(images.float(), kernel, groups=3).round_()  # (b, 3, H-2, W-2)
+    return _blend(images, smooth, factor)
+
+
+def posterize(images: Tensor, bits: int) -> Tensor:
+    mask = (0xFF << (8 - bits)) & 0xFF
+    return images & mask
+
+
+def solarize(images: Tensor, threshold: float) -> Tensor:
+    return torch.where(images >= threshold, 255 - images, images)
+
+
+def autocontrast(images: Tensor) -> Tensor:
+    """Per image and channel: (x - min) * 255 / (max - min); a flat channel is left unchanged."""
+    x = images.float()
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    flat = hi <= lo
+    scale = torch.where(flat, torch.ones_like(hi), 255.0 / (hi - lo).clamp_min(1e-6))
+    out = torch.where(flat, x, (x - lo) * scale)
+    return _to_uint8(out)
+
+
+def equalize(images: Tensor) -> Tensor:
+    """PIL's ImageOps.equalize per image and channel, all at once.
+
+    With the channel's 256-bin histogram h, n pixels and h_last the count of its highest non-empty
+    bin: step = (n - h_last) // 255; a channel with step 0 is left unchanged, else value v maps to
+    min(255, (cdf(v - 1) + step // 2) // step), cdf(v - 1) = pixels with values below v.
+    """
+    b, c, h, w = images.shape
+    flat = images.reshape(b * c, h * w).long()  # (bc, HW)
+    hist = torch.zeros(b * c, 256, dtype=torch.long, device=images.device).scatter_add_(1, flat, torch.ones_like(flat))
+    levels = torch.arange(256, device=images.device)
+    last = torch.where(hist > 0, levels, -1).amax(dim=1, keepdim=True)  # (bc, 1) highest non-empty bin
+    step = (h * w - hist.gather(1, last)) // 255  # (bc, 1)
+    below = hist.cumsum(dim=1) - hist  # (bc, 256) pixels below each value
+    lut = ((below + step // 2) // step.clamp_min(1)).clamp_(max=255)
+    lut = torch.where(step > 0, lut, levels)  # (bc, 256)
+    return lut.gather(1, flat).to(torch.uint8).view(b, c, h, w)
+
+
+def _apply_op(name: str, images: Tensor, magnitude: int, sign: Tensor) -> Tensor:
+    """One op on a sub-batch; sign (b,) +-1 chooses stronger or weaker for the blend ops."""
+    strength = magnitude / MAX_MAGNITUDE
+    factor = 1.0 + sign * ENHANCE_RANGE * strength  # (b,)
+    if name == "identity":
+        return images
+    if name == "brightness":
+        return brightness(images, factor)
+    if name == "contrast":
+        return contrast(images, factor)
+    if name == "color":
+        return color(images, factor)
+    if name == "sharpness":
+        return sharpness(images, factor)
+    if name == "posterize":
+        return posterize(images, 8 - round(4 * strength))
+    if name == "solarize":
+        return solarize(images, 255.0 * (1.0 - strength))
+    if name == "equalize":
+        return equalize(images)
+    if name == "autocontrast":
+        return autocontrast(images)
+    raise ValueError(f"unknown RandAugment op {name!r}; choose from {RANDAUGMENT_OPS}")
+
+
+def randaugment(images: Tensor, config: RandAugmentConfig, generator: torch.Generator) -> Tensor:
+    """(B, 3, H, W) uint8 -> uint8: each image gets config.n ops drawn uniformly from config.ops.
+
+    Batched by op: per round, the images that drew the same op are gathered, transformed together
+    and written back, so a round costs one pass per op over its share of the batch.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"randaugment expects uint8 images, got {images.dtype}")
+    out = images.clone()
+    b = out.shape[0]
+    for _ in range(config.n):
+        choice = torch.randint(0, len(config.ops), (b,), device=out.device, generator=generator)  # (B,)
+        sign = torch.where(torch.rand(b, device=out.device, generator=generator) < 0.5, -1.0, 1.0)  # (B,)
+        for j, name in enumerate(config.ops):
+            if name == "identity":
+                continue
+            rows = (choice == j).nonzero().squeeze(1)  # (b_j,)
+            if rows.numel():
+                out[rows] = _apply_op(name, out[rows], config.magnitude, sign[rows])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Views
+
+VIEW_NAMES = ("weak", "strong")
+
+
+def check_views(views: tuple[str, ...]) -> tuple[str, ...]:
+    views = tuple(views)
+    unknown = [v for v in views if v not in VIEW_NAMES]
+    if unknown or len(set(views)) != len(views):
+        raise ValueError(f"views must be distinct names from {VIEW_NAMES}, got {views}")
+    return views
+
+
+def _crop_flip(images: Tensor, config: TransformConfig, generator: torch.Generator) -> Tensor:
+    """The train crop + flip without normalisation: uint8 (B, 3, size, size)."""
+    if config.kind == "cifar":
+        return random_crop_flip(images, config.size, config.pad, generator)
+    return _to_uint8(random_resized_crop_flip(images, config.size, generator))
+
+
+def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...], *, generator: torch.Generator,
+                strong_generator: torch.Generator | None,
+                augment: RandAugmentConfig = RandAugmentConfig()) -> tuple[Tensor, dict[str, Tensor]]:
+    """uint8 (B, 3, S, S) -> (weak, {view name: (B, 3, size, size) float32 normalised}).
+
+    weak is exactly apply(images, config, train=True, generator=generator) and is also views["weak"]
+    when asked for; "strong" is an independent crop/flip + randaugment, drawn from strong_generator.
+    """
+    weak = apply(images, config, train=True, generator=generator)
+    out = {}
+    for name in check_views(views):
+        if name == "weak":
+            out[name] = weak
+            continue
+        if strong_generator is None:
+            raise ValueError("the strong view needs its own torch.Generator (seeded from seed, epoch and process)")
+        out[name] = normalise(randaugment(_crop_flip(images, config, strong_generator), augment, strong_generator),
+                              config)
+    return weak, out

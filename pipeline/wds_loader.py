@@ -4,7 +4,7 @@ Same contract as pipeline/dali_loader.py, slower: the tars are read in file orde
 pipeline.shards.read_shard, this process reads only its contiguous part of the split (the split of
 pipeline.loader.epoch_plan, part index rotated by the epoch for training, as in the DALI loader),
 training order comes from a seeded shuffle buffer, images are decoded by torchvision in a thread
-pool, and augmented with the batched ops of pipeline/transforms.py on the device.
+pool, and augmented with the batched ops of pipeline/transforms.py on the device (views too).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds
+from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
 from pipeline.shards import read_shard
 
 SHUFFLE_BUFFER = 4096  # samples in the shuffle buffer (encoded bytes), as in the DALI loader
@@ -43,7 +43,9 @@ class WdsLoader:
         seed: int = 0,
         exclude: np.ndarray | None = None,
         num_threads: int = 2,
+        views: tuple[str, ...] = (),
     ):
+        self.views = T.check_views(views)
         self.paths = dataset.shard_paths(split)
         self.shard_sizes = [s.num_samples for s in dataset.split(split).shards]
         self.n = dataset.num_samples(split)
@@ -106,6 +108,7 @@ class WdsLoader:
         if self.train:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+        strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
         side = T.stored_side(self.transform)
         fixed = self.transform.kind == "imagenet"
         with ThreadPoolExecutor(self.num_threads) as pool:
@@ -119,6 +122,11 @@ class WdsLoader:
                     ))
                 stacked = torch.stack(images) if images else torch.empty(0, 3, side, side, dtype=torch.uint8)
                 idx = torch.tensor([s[0] for s in chunk], dtype=torch.int64, device=self.device)  # (B,)
+                if self.views:
+                    pixels, views = T.train_views(stacked.to(self.device), self.transform, self.views,
+                                                  generator=generator, strong_generator=strong)
+                    yield Batch(images=pixels, idx=idx, views=views)
+                    continue
                 pixels = T.apply(stacked.to(self.device), self.transform, train=self.train, generator=generator)
                 yield Batch(images=pixels, idx=idx)
         self.epoch = epoch + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -113,14 +114,14 @@ def test_add_label_set_leaves_shards_untouched(tmp_path, tiny_dataset):
     shards = sorted(ds_dir.glob("*.tar")) + sorted(ds_dir.glob("*.idx"))
     before = {p: (p.stat().st_mtime_ns, sha256_file(p)) for p in shards}
     rc = _run("--add-label-set", "--name", "tiny", "--out", tmp_path,
-              "--label-set", "pair-0.20-s1", "--label-set", "idn-0.30-s0", "--clean-subset", 20)
+              "--label-set", "pair-0.20-s1", "--label-set", "idn-0.30-s0", "--clean-subset", 30)
     assert rc == 0
     assert {p: (p.stat().st_mtime_ns, sha256_file(p)) for p in shards} == before
     ds = Dataset(ds_dir)
     ds.verify()
     assert {"clean", "sym-0.40-s0", "pair-0.20-s1", "idn-0.30-s0"} <= set(ds.split("train").label_sets)
-    assert ds.mask("train", "clean-subset-20-s0").sum() == 20
-    assert ds.manifest.provenance["history"][-1]["added"] == ["pair-0.20-s1", "idn-0.30-s0", "clean-subset-20-s0"]
+    assert ds.mask("train", "clean-subset-30-s0").sum() == 30
+    assert ds.manifest.provenance["history"][-1]["added"] == ["pair-0.20-s1", "idn-0.30-s0", "clean-subset-30-s0"]
     assert not [p for p in ds_dir.rglob(".*tmp*")]
 
 
@@ -226,41 +227,124 @@ def test_existing_output_needs_force_and_force_replaces(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# atomicity
+# atomicity and resuming
 # ---------------------------------------------------------------------------------------------
 
 
-def test_failure_mid_conversion_leaves_no_output_and_keeps_the_old_dataset(tmp_path, monkeypatch):
-    tree = write_image_tree(tmp_path / "src", {"train": 3})
-    out = tmp_path / "out"
-    calls = {"n": 0}
+def _failing_write(after: int, calls: dict):
     real_write = convert_mod.ShardWriter.write
 
     def failing_write(self, idx, image, ext):
         calls["n"] += 1
-        if calls["n"] == 17:
+        if calls["n"] == after:
             raise OSError("disk full (simulated)")
         return real_write(self, idx, image, ext)
 
+    return failing_write
+
+
+def _content(ds_dir: Path) -> dict:
+    """What must not depend on how the conversion ran: every shard and array (by sha256), classes, counts."""
+    ds = Dataset(ds_dir)
+    return {name: (split.num_samples, [(s.tar, s.tar_sha256, s.index_sha256) for s in split.shards],
+                   {k: v.sha256 for k, v in split.label_sets.items()}, {k: v.sha256 for k, v in split.masks.items()},
+                   split.source_index.sha256, split.source_keys_sha256)
+            for name, split in ds.manifest.splits.items()} | {"classes": ds.classes}
+
+
+def test_failure_mid_conversion_keeps_no_dataset_and_keeps_the_old_one(tmp_path, monkeypatch):
+    tree = write_image_tree(tmp_path / "src", {"train": 3})
+    out = tmp_path / "out"
+    calls = {"n": 0}
     cfg = convert_mod.ConvertConfig(source=tree, name="x", out=out, samples_per_shard=4, progress=False)
     with monkeypatch.context() as m:
-        m.setattr(convert_mod.ShardWriter, "write", failing_write)
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(17, calls))
         with pytest.raises(OSError, match="disk full"):
             convert_mod.convert(cfg)
-    assert _leftovers(out) == []
+    assert _leftovers(out) == [".x.partial"]  # no dataset; only the resumable partial state
     # with --force over an existing dataset, a failure keeps the old one intact
     convert_mod.convert(cfg)
+    assert _leftovers(out) == ["x"]
     before = json.loads((out / "x" / "manifest.json").read_text())
     calls["n"] = 0
     forced = convert_mod.ConvertConfig(source=tree, name="x", out=out, samples_per_shard=4, progress=False,
                                        force=True, seed=3)
     with monkeypatch.context() as m:
-        m.setattr(convert_mod.ShardWriter, "write", failing_write)
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(17, calls))
         with pytest.raises(OSError):
             convert_mod.convert(forced)
-    assert _leftovers(out) == ["x"]
     assert json.loads((out / "x" / "manifest.json").read_text()) == before
     Dataset(out / "x").verify()
+
+
+def test_interrupted_conversion_resumes_to_the_same_output(tmp_path, monkeypatch):
+    tree = write_image_tree(tmp_path / "src", {"train": 3, "test": 2})  # test 20 (5 shards of 4; written first), train 30
+    common = dict(source=tree, samples_per_shard=4, progress=False, labels=convert_mod.LabelRequests(
+        label_sets=["sym-0.40-s0", "idn-0.30-s0"], clean_subset=10))
+    convert_mod.convert(convert_mod.ConvertConfig(name="x", out=tmp_path / "whole", workers=2, **common))
+    calls = {"n": 0}
+    cfg = convert_mod.ConvertConfig(name="x", out=tmp_path / "cut", workers=1, **common)
+    with monkeypatch.context() as m:
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(17, calls))
+        with pytest.raises(OSError, match="disk full"):
+            convert_mod.convert(cfg)
+    partial = convert_mod.partial_dir(tmp_path / "cut", "x")
+    journal = json.loads((partial / "journal.json").read_text())
+    assert len(journal["splits"]["test"]["shards"]) == 4  # the 17th write failed: shards 0..3 are complete
+    calls["n"] = 0
+    with monkeypatch.context() as m:
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(10**9, calls))
+        convert_mod.convert(cfg)
+    assert calls["n"] == 20 - 16 + 30  # continued after the 16 samples of the complete shards
+    assert _leftovers(tmp_path / "cut") == ["x"]
+    assert not (tmp_path / "cut" / "x" / "journal.json").exists() and not (tmp_path / "cut" / "x" / ".lock").exists()
+    Dataset(tmp_path / "cut" / "x").verify()
+    assert _content(tmp_path / "cut" / "x") == _content(tmp_path / "whole" / "x")
+
+
+def test_partial_state_of_other_options_is_discarded(tmp_path, monkeypatch):
+    tree = write_image_tree(tmp_path / "src", {"train": 3})
+    calls = {"n": 0}
+    with monkeypatch.context() as m:
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(17, calls))
+        with pytest.raises(OSError):
+            convert_mod.convert(convert_mod.ConvertConfig(source=tree, name="x", out=tmp_path / "out",
+                                                          samples_per_shard=4, progress=False, seed=1))
+    calls["n"] = 0
+    with monkeypatch.context() as m:
+        m.setattr(convert_mod.ShardWriter, "write", _failing_write(10**9, calls))
+        convert_mod.convert(convert_mod.ConvertConfig(source=tree, name="x", out=tmp_path / "out",
+                                                      samples_per_shard=4, progress=False, seed=2))
+    assert calls["n"] == 30  # another seed: everything rewritten
+    assert Dataset(tmp_path / "out" / "x").manifest.provenance["seed"] == 2
+
+
+def test_input_error_after_complete_shards_discards_the_partial_state(tmp_path, capsys):
+    tree = write_image_tree(tmp_path / "src", {"train": 3})
+    bad = tree / "train" / "truck" / "0002.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    _expect_error(capsys, tmp_path / "out", "--source", tree, "--name", "x", "--out", tmp_path / "out",
+                  "--samples-per-shard", 2, "--workers", 1, match="train/truck/0002.jpg: corrupt")
+
+
+def test_resize_shorter_side_keeps_aspect_and_small_images(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src" / "train"
+    for cls, size in (("wide", (400, 200)), ("tall", (90, 300)), ("small", (50, 40))):
+        (src / cls).mkdir(parents=True)
+        Image.new("RGB", size, (200, 30, 30)).save(src / cls / "a.png")
+    assert _run("--source", tmp_path / "src", "--name", "r", "--out", tmp_path / "out", "--resize-shorter", 64) == 0
+    ds = Dataset(tmp_path / "out" / "r")
+    sizes = {}
+    for shard in ds.shard_paths("train"):
+        for idx, data, ext in read_shard(shard):
+            image = Image.open(io.BytesIO(data))
+            sizes[ds.source_keys("train")[idx].split("/")[1]] = (image.size, ext, image.format)
+    assert sizes["wide"] == ((128, 64), "jpg", "JPEG")
+    assert sizes["tall"] == ((64, 213), "jpg", "JPEG")
+    assert sizes["small"] == ((50, 40), "png", "PNG")  # never upscaled, bytes kept
+    assert ds.manifest.image_ext == "jpg;png" and ds.manifest.provenance["resize_shorter"] == 64
 
 
 def test_help_explains_the_tool(capsys):

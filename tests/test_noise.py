@@ -142,3 +142,18 @@ def test_parse_noise_spec_rejects_other_names_listing_accepted_forms(name):
 def test_generate_asym_on_unknown_classes_suggests_pair():
     with pytest.raises(noise.NoiseSpecError, match="pair-0.40-s0"):
         noise.generate(noise.parse_noise_spec("asym-0.40-s0"), _balanced(100, 3), ["a", "b", "c"])
+
+
+def test_random_flip_sends_each_class_to_one_fixed_other_class():
+    """flip-<r>: MLC/EBOMLC's flip noise, class i -> one random j != i with probability r."""
+    clean = _balanced()
+    noisy = noise.generate(noise.parse_noise_spec("flip-0.40-s3"), clean, noise.CIFAR10_CLASSES)
+    target = noise.random_flip_map(K, noise.parse_noise_spec("flip-0.40-s3").rng())
+    assert np.all(target != np.arange(K))
+    t = noise.transition_matrix(clean, noisy, K)
+    expected = 0.6 * np.eye(K)
+    expected[np.arange(K), target] = 0.4
+    assert np.abs(t - expected).max() < _tol(0.4, N // K)
+    # the map depends on the seed (ten independent draws: equal maps are ~1e-9 likely)
+    other = noise.random_flip_map(K, noise.parse_noise_spec("flip-0.40-s4").rng())
+    assert not np.array_equal(target, other)

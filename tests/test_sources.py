@@ -1,4 +1,4 @@
-"""Raw-format readers (pipeline/sources.py): image trees from folders and archives, CIFAR pickles."""
+"""Raw-format readers (pipeline/sources/): image trees from folders and archives, CIFAR pickles."""
 
 from __future__ import annotations
 

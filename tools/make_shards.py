@@ -7,6 +7,19 @@ Examples:
   # full CIFAR-10 from the JPEG tree, then add a noisy set later without rewriting shards
   python tools/make_shards.py --source ../shared/data/cifar10/cifar10-jpg.tar.gz --name cifar10 --out data
   python tools/make_shards.py --add-label-set --name cifar10 --out data --label-set asym-0.40-s0
+  # CIFAR-100 with the CIFAR-100N human labels
+  python tools/make_shards.py --source cifar-100-python.tar.gz --name cifar100 --out data \
+      --cifar-n CIFAR-100_human.pt --label-set cifar100n-noisy
+  # real-world noisy datasets, each from its official layout (formats are detected; see pipeline/sources/)
+  python tools/make_shards.py --source clothing1M --name clothing1m --out data --resize-shorter 256
+  python tools/make_shards.py --source webvision --name mini-webvision --out data --resize-shorter 256 \
+      --imagenet-val ILSVRC2012/val --imagenet-val-labels ILSVRC2012/val.txt
+  python tools/make_shards.py --source ANIMAL-10N --name animal10n --out data
+  python tools/make_shards.py --source Food-101N_release --food101 food-101 --name food101n --out data \
+      --resize-shorter 256
+
+A conversion that stops (Ctrl-C, a crash, a full disk) keeps its complete shards in
+<out>/.<name>.partial; running the same command again continues from there.
 """
 
 from __future__ import annotations
@@ -45,9 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("source")
     src.add_argument("--source", metavar="PATH", help="image tree <root>/<split>/<class>/*.jpg|png as a folder or .tar(.gz); an "
-                     "official cifar-10/100-python archive or folder; or download:cifar10 / download:cifar100")
+                     "official cifar-10/100-python archive or folder; the root of Clothing1M, WebVision 1.0, "
+                     "ANIMAL-10N or Food-101N in its official layout; or download:cifar10 / download:cifar100")
     src.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detected)")
     src.add_argument("--splits", metavar="LIST", help="comma-separated splits to convert (default: every split found)")
+    src.add_argument("--imagenet-val", type=Path, metavar="DIR",
+                     help="webvision: ILSVRC-2012 val folder (flat, or in synset subfolders) -> split imagenet_val")
+    src.add_argument("--imagenet-val-labels", type=Path, metavar="FILE",
+                     help="webvision: label file of a flat ImageNet val folder: 'ILSVRC2012_val_00000001.JPEG 65' "
+                     "lines (0-based ImageNet-1k id in synset order) or LOC_val_solution.csv")
+    src.add_argument("--webvision-classes", type=int, metavar="K",
+                     help="webvision: keep classes 0..K-1 (default: 50, the mini-WebVision protocol)")
+    src.add_argument("--food101", type=Path, metavar="DIR",
+                     help="food101n: the food-101 folder (images/, meta/test.txt) that gives the test split")
     src.add_argument("--cache-dir", metavar="DIR", default=str(Path.home() / ".cache" / "noisyflow"),
                      help="where download: sources are kept (default: %(default)s)")
 
@@ -57,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--samples-per-shard", type=int, metavar="S", default=5000, help="samples per .tar shard (default: %(default)s)")
     out.add_argument("--seed", type=int, default=0, help="seed of the idx permutation of every split (default: %(default)s)")
     out.add_argument("--force", action="store_true", help="replace an existing dataset (atomically) or existing label sets")
+    out.add_argument("--resize-shorter", type=int, metavar="PX",
+                     help="resize images whose shorter side is longer than PX to PX (aspect kept) and re-encode them "
+                     "as JPEG; smaller images keep their bytes (e.g. 256 for ImageNet-style training)")
+    out.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                     help="JPEG quality of resized images (default: %(default)s)")
+    out.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="processes that verify/resize images (default: 0 = one per CPU core)")
+    out.add_argument("--restart", action="store_true",
+                     help="discard the partial state of an interrupted conversion instead of continuing it")
 
     lab = p.add_argument_group(
         "label sets",
@@ -124,11 +156,21 @@ def main(argv: list[str] | None = None) -> int:
             labels=req,
             argv=recorded,
             progress=not args.no_progress,
+            source_options={"imagenet_val": args.imagenet_val, "imagenet_val_labels": args.imagenet_val_labels,
+                            "webvision_classes": args.webvision_classes, "food101": args.food101},
+            resize_shorter=args.resize_shorter,
+            jpeg_quality=args.jpeg_quality,
+            workers=args.workers,
+            restart=args.restart,
         )
         path = convert(cfg)
     except (ConvertError, SourceError, CifarNError, DatasetError, noise.NoiseSpecError) as err:
         print(f"make_shards: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"make_shards: interrupted; run the same command again to continue from "
+              f"{Path(args.out) / f'.{args.name}.partial'}", file=sys.stderr)
+        return 130
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return 0
 

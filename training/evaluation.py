@@ -96,3 +96,25 @@ def soft_label_diagnostics(soft: np.ndarray, noisy: np.ndarray, clean: np.ndarra
         "corrected": float((pred[wrong] == clean[wrong]).mean()) if wrong.any() else 0.0,
         "broken": float((pred[~wrong] != clean[~wrong]).mean()) if (~wrong).any() else 0.0,
     }
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` (n,) for detecting `positives` (n,) bool: the probability that a
+    random positive scores higher than a random negative, ties counting half (Mann-Whitney U / (n+ n-)).
+    Rank-based with average ranks for ties; NaN when either class is empty."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    positives = np.asarray(positives, dtype=bool).reshape(-1)
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # average rank (1-based) over each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], scores.size]
+    run_rank = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks[order] = np.repeat(run_rank, ends - starts)
+    u = ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))

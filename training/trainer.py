@@ -76,11 +76,16 @@ class Trainer:
         self._prepare_run_dir(resume)
         self._build_data()
         self._build_method()
+        self.train_loader = make_loader(self.dataset, config.data.train_split, batch_size=config.data.batch_size,
+                                        train=True, seed=config.seed, exclude=self.subset_mask,
+                                        views=self.method.needs.views, **self._loader_args)
+        self._build_models()
         self.progress = Progress()
-        self.accelerator.register_for_checkpointing(self.progress, *self.schedulers.values())
+        acc = self.accelerator
+        acc.register_for_checkpointing(self.progress, self.method, *self.schedulers.values())
         for extra in (self.store, self.clean_subset):
             if extra is not None:
-                self.accelerator.register_for_checkpointing(extra)
+                acc.register_for_checkpointing(extra)
         if resume:
             self._resume()
 
@@ -114,8 +119,6 @@ class Trainer:
         self._loader_args = dict(mode=data.loader, transform=_transform(self.config), device=device,
                                  process_index=acc.process_index, num_processes=acc.num_processes,
                                  num_threads=data.num_threads)
-        self.train_loader = make_loader(self.dataset, data.train_split, batch_size=data.batch_size, train=True,
-                                        seed=self.config.seed, exclude=self.subset_mask, **self._loader_args)
         self.test_loader = make_loader(self.dataset, data.test_split, batch_size=data.eval_batch_size, train=False,
                                        **self._loader_args)
 
@@ -150,6 +153,7 @@ class Trainer:
             noisy_labels=self.noisy,
             clean_labels=self.clean,
             epochs=cfg.epochs,
+            base_lr=optim.lr,
             build_model=partial(build_model, cfg.model.name, self.dataset.num_classes, pretrained=cfg.model.pretrained),
             build_optimizer=build_optimizer,
             out_dir=self.run_dir / "method",
@@ -164,13 +168,20 @@ class Trainer:
             self.method.store = self.store
         self.clean_subset = self._clean_subset() if self.method.needs.clean_subset else None
         self.method.clean = self.clean_subset
-        self.models = {name: acc.prepare(model) for name, model in self.method.build_models().items()}
-        self.optimizers = {name: acc.prepare(opt) for name, opt in self.method.build_optimizers(self.models).items()}
+
+    def _build_models(self) -> None:
+        cfg, acc, method = self.config, self.accelerator, self.method
+        self.models = {name: acc.prepare(model) for name, model in method.build_models().items()}
+        self.optimizers = {name: acc.prepare(opt) for name, opt in method.build_optimizers(self.models).items()}
         steps = len(self.train_loader)
-        factor = partial(lr_factor, steps_per_epoch=steps, epochs=cfg.epochs, optim=optim)
+
+        def factor(step: int) -> float:
+            scheduled = lr_factor(step, steps_per_epoch=steps, epochs=cfg.epochs, optim=cfg.optim)
+            return method.lr_factor(step / steps, scheduled)
+
         # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
-                           for name, opt in self.optimizers.items() if name not in self.method.unscheduled}
+                           for name, opt in self.optimizers.items() if name not in method.unscheduled}
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -7,8 +7,14 @@ from pydantic import ValidationError
 from training.methods.alr import ALR
 from training.methods.base import Method, MethodContext
 from training.methods.ce import CE
+from training.methods.ebomlc import EBOMLC
+from training.methods.ido import IDO
+from training.methods.mlc import MLC
+from training.methods.mlc_d import MLCD
+from training.methods.l2rw import L2RW
+from training.methods.surrogate import Surrogate
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Surrogate, MLC, MLCD, EBOMLC, IDO)}
 
 
 def build_method(name: str, params: dict, ctx: MethodContext) -> Method:

@@ -42,6 +42,7 @@ class MethodContext:
     noisy_labels: torch.Tensor  # (N,) int64 on the training device, indexed by idx
     clean_labels: torch.Tensor | None  # (N,) int64 when known: for diagnostics only, never for training
     epochs: int
+    base_lr: float  # optim.lr, the rate the schedule's factors multiply
     build_model: Callable[[], nn.Module]  # a fresh model of the configured architecture
     build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the configured optimiser
     out_dir: Path  # <run>/method/: where a method may write its own per-epoch artefacts (main process only)
@@ -92,6 +93,18 @@ class Method:
     def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, nn.Module],
                    optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:
         raise NotImplementedError
+
+    def lr_factor(self, epoch: float, factor: float) -> float:
+        """The learning-rate multiplier at `epoch` (fractional), given the configured schedule's `factor`;
+        a method with its own schedule (e.g. IDO's cosine over stage 2) overrides this."""
+        return factor
+
+    def state_dict(self) -> dict:
+        """Method state beyond the sample store, models and optimisers (checkpointed by the trainer)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def on_epoch_start(self, epoch: int) -> None:
         """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset)."""

@@ -19,9 +19,15 @@ def current_lr_wd(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
 
 def lookahead(model: nn.Module, loss: torch.Tensor, lr: float, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
     """Weights after one differentiable SGD step on `loss` (name -> tensor, graph kept)."""
+    return lookahead_with_grads(model, loss, lr, weight_decay)[0]
+
+
+def lookahead_with_grads(model: nn.Module, loss: torch.Tensor, lr: float, weight_decay: float = 0.0
+                         ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """(weights after the step, the gradients of `loss` it used, in named_parameters order; both in the graph)."""
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     grads = torch.autograd.grad(loss, params, create_graph=True)
-    return {n: p - lr * (g + weight_decay * p) for n, p, g in zip(names, params, grads)}
+    return {n: p - lr * (g + weight_decay * p) for n, p, g in zip(names, params, grads)}, list(grads)
 
 
 def forward_with(model: nn.Module, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

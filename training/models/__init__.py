@@ -1,7 +1,8 @@
 """Model registry: an explicit name -> constructor(num_classes) dict.
 
 Every model exposes `features(x) -> (B, F)` and a linear head `fc`, which methods with a
-meta model or feature-space rules (EBOMLC, the surrogate) rely on."""
+meta model or feature-space rules (EBOMLC, the surrogate) rely on. `pretrained` (a weights file or
+"auto") loads a backbone from local files only (training/models/pretrained.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Callable
 from torch import nn
 
 from training.models.resnet_cifar import resnet18, resnet32, resnet34
+from training.models.pretrained import load_backbone
 from training.models.resnet_imagenet import ResNet50
+from training.models.timm_models import inception_resnet_v2, vgg19_bn
 from training.models.tiny_cnn import TinyCNN
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
@@ -19,10 +22,17 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
     "resnet32": resnet32,
     "resnet34": resnet34,
     "resnet50": ResNet50,
+    "inception_resnet_v2": inception_resnet_v2,
+    "vgg19_bn": vgg19_bn,
 }
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
+def build_model(name: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """A fresh model; with `pretrained` (weights file or "auto") its backbone is loaded from local
+    files, and a missing file is an error naming it (never a silent random init)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes)
+    model = MODELS[name](num_classes)
+    if pretrained is not None:
+        load_backbone(model, name, pretrained)
+    return model

@@ -1,0 +1,88 @@
+"""Per-epoch class-balanced sampling: which global idx each process trains on in an epoch.
+
+The Clothing1M recipes (Xiao et al. 2015; ALR, SELC, ELR, DivideMix) do not run over the 1M noisy
+images each epoch: they draw a class-balanced random subset, e.g. 2,000 batches of 64 by noisy label.
+:func:`class_balanced_epoch` is that draw as a pure function of (labels, seed, epoch): every process
+computes the same global selection and takes its own block of it, so with P processes the blocks are
+disjoint, equal in length (every process runs the same number of steps, as all-reduce needs) and
+together the whole selection. Labels are the training label set (noisy), indexed by idx; the result
+is idx, so the sample store and label lookup work unchanged.
+
+Balance: each class gets total // K samples (the remainder to randomly chosen classes). A class with
+fewer samples than its share gives all of them and the shortfall is spread over the others
+(water-filling), so the subset stays as balanced as the data allows and never repeats an idx.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+_STREAM = zlib.crc32(b"class-balanced-epoch")
+
+
+def balanced_quotas(counts: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 (K,) samples to take per class: sums to `total`, quota_c <= counts_c, as equal as possible."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if total > counts.sum():
+        raise ValueError(f"cannot draw {total} samples from {int(counts.sum())} without repeating any")
+    quotas = np.zeros_like(counts)
+    remaining = total
+    open_ = counts > 0
+    while remaining > 0:
+        k = int(open_.sum())
+        share = remaining // k
+        give = np.zeros_like(counts)
+        if share:  # equal shares first; a capped class returns its excess to the next round
+            give[open_] = share
+        else:  # fewer left than open classes: one more each for a random choice of them
+            give[rng.choice(np.flatnonzero(open_), size=remaining, replace=False)] = 1
+        give = np.minimum(give, counts - quotas)  # a small class gives what it has left
+        quotas += give
+        remaining -= int(give.sum())
+        open_ = quotas < counts
+    return quotas
+
+
+def class_balanced_epoch(
+    labels: np.ndarray,
+    epoch: int,
+    seed: int,
+    num_batches: int,
+    batch_size: int,
+    process_index: int = 0,
+    num_processes: int = 1,
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """This process's idx for `epoch`: int64 (steps * batch_size,), in training order.
+
+    labels: int (N,) training labels by idx. num_batches: batches of `batch_size` per epoch over all
+    processes (the recipe's "2,000 batches of 64"); each process gets steps = ceil(num_batches / P)
+    batches, so the epoch draws steps * P * batch_size samples (up to P - 1 batches more than asked).
+    Deterministic in (labels, seed, epoch); independent of process_index except for the block taken."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-d (N,), got shape {labels.shape}")
+    if num_batches < 1 or batch_size < 1:
+        raise ValueError(f"num_batches and batch_size must be >= 1, got {num_batches} and {batch_size}")
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} is not in [0, {num_processes})")
+    steps = -(-num_batches // num_processes)
+    per_process = steps * batch_size
+    total = per_process * num_processes
+    k = int(labels.max()) + 1 if num_classes is None else num_classes
+    counts = np.bincount(labels, minlength=k)
+    if total > len(labels):
+        raise ValueError(
+            f"an epoch of {steps} steps x {batch_size} x {num_processes} processes = {total} samples needs more than "
+            f"the {len(labels)} training samples; lower num_batches"
+        )
+    rng = np.random.default_rng([seed, epoch, _STREAM])
+    quotas = balanced_quotas(counts, total, rng)
+    order = np.argsort(labels, kind="stable")  # idx grouped by class
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    chosen = [rng.choice(order[starts[c]:starts[c + 1]], size=int(quotas[c]), replace=False)
+              for c in range(k) if quotas[c]]
+    selection = rng.permutation(np.concatenate(chosen))  # (total,) global training order
+    return selection[process_index * per_process:(process_index + 1) * per_process].astype(np.int64)

@@ -1,0 +1,356 @@
+"""Tests of IDO (training/methods/ido.py) and its Beta mixture (training/methods/beta_mixture.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import betainc
+from torch import nn
+
+from pipeline.batch import Batch
+from state.store import SampleStore
+from training.methods import METHODS
+from training.methods.base import MethodContext
+from training.methods.beta_mixture import EDGE, BetaMixture, normalise_counts
+from training.methods.ido import CUR_PRED, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeAccelerator:
+    """The three Accelerator calls IDO makes, for one CPU process (no global Accelerate state)."""
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def unwrap_model(self, model):
+        return model
+
+
+def make_method(tmp_path, *, n=12, k=3, epochs=3, clean=None, **params) -> IDO:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, k, (n,), generator=g)
+    ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=labels,
+                        clean_labels=None if clean is None else torch.as_tensor(clean), epochs=epochs,
+                        base_lr=1e-3,
+                        build_model=lambda: nn.Linear(1, k), build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                        out_dir=tmp_path / "method", is_main_process=True)
+    method = METHODS["ido"](IDO.Config.model_validate(params), ctx)
+    method.store = SampleStore(method.state_arrays(), n)
+    return method
+
+
+# ----------------------------------------------------------------------------------------------
+# The Beta mixture
+
+
+def _sample_mixture(rng, params, n):
+    """params: per class (a0, b0, a1, b1, clean weight) -> x (C n,), class (C n,), true clean flag."""
+    xs, ys, clean = [], [], []
+    for c, (a0, b0, a1, b1, w) in enumerate(params):
+        is_clean = rng.random(n) < w
+        xs.append(np.where(is_clean, rng.beta(a0, b0, n), rng.beta(a1, b1, n)))
+        ys.append(np.full(n, c))
+        clean.append(is_clean)
+    return np.clip(np.concatenate(xs), EDGE, 1 - EDGE), np.concatenate(ys), np.concatenate(clean)
+
+
+def test_beta_mixture_em_recovers_synthetic_parameters_per_class():
+    rng = np.random.default_rng(0)
+    truth = [(2.0, 8.0, 7.0, 2.0, 0.6), (1.5, 10.0, 9.0, 1.5, 0.8)]
+    x, y, clean = _sample_mixture(rng, truth, 20000)
+    mixture = BetaMixture.initial(2).fit(x, y, 100)
+    for c, (a0, b0, a1, b1, w) in enumerate(truth):
+        np.testing.assert_allclose(mixture.a[c], [a0, a1], rtol=0.12, err_msg=f"class {c} alpha")
+        np.testing.assert_allclose(mixture.b[c], [b0, b1], rtol=0.12, err_msg=f"class {c} beta")
+        np.testing.assert_allclose(mixture.pi[c], [w, 1 - w], atol=0.03, err_msg=f"class {c} weights")
+    post = mixture.posteriors(x, y)
+    assert ((post.p > 0.5) == clean).mean() > 0.93  # the posterior separates the components
+
+
+def test_beta_mixture_first_fit_of_20_iterations_on_separated_components():
+    rng = np.random.default_rng(1)
+    x, y, _ = _sample_mixture(rng, [(1.5, 10.0, 9.0, 1.5, 0.8)], 20000)
+    mixture = BetaMixture.initial(1).fit(x, y, 20)
+    np.testing.assert_allclose([mixture.a[0, 0], mixture.b[0, 0], mixture.a[0, 1], mixture.b[0, 1]],
+                               [1.5, 10.0, 9.0, 1.5], rtol=0.1)
+    refit = BetaMixture.from_dict(mixture.to_dict()).fit(x, y, 1)  # warm start stays put
+    np.testing.assert_allclose(refit.a, mixture.a, rtol=0.02)
+    assert refit.iterations == 21
+
+
+def test_beta_mixture_shape_guards_and_degenerate_class():
+    x = np.full(50, 0.5)  # all counts equal in a class: variance 0
+    mixture = BetaMixture.initial(1).fit(x, np.zeros(50, dtype=int), 3)
+    assert np.isfinite(mixture.a).all() and np.isfinite(mixture.b).all()
+    assert mixture.b[0, 0] >= 1.02 and mixture.a[0, 1] >= 1.02
+
+
+def test_posteriors_follow_the_spec_formulas():
+    mixture = BetaMixture(a=np.array([[1.5, 6.0]]), b=np.array([[6.0, 1.5]]), pi=np.array([[0.7, 0.3]]))
+    x = np.array([0.05, 0.5, 0.95])
+    post = mixture.posteriors(x, np.zeros(3, dtype=int))
+    from scipy.stats import beta as beta_dist
+
+    lik0 = np.maximum(0.7 * beta_dist.pdf(x, 1.5, 6.0), 1e-6)
+    lik1 = np.maximum(0.3 * beta_dist.pdf(x, 6.0, 1.5), 1e-6)
+    np.testing.assert_allclose(post.p, lik0 / (lik0 + lik1), rtol=1e-10)
+    np.testing.assert_allclose(post.p + post.q, 1.0)
+    np.testing.assert_allclose(post.f0, betainc(1.5, 6.0, x))
+    np.testing.assert_allclose(post.eps, post.p * post.f0 + (1 - post.q) * (1 - betainc(6.0, 1.5, x)))
+    assert post.p[0] > 0.9 > 0.1 > post.p[2]
+
+
+def test_normalise_counts_is_classwise_with_equal_counts_at_half():
+    counts = np.array([0, 5, 10, 3, 3, 7, 100])
+    labels = np.array([0, 0, 0, 1, 1, 2, 2])
+    active = np.array([True] * 6 + [False])  # the last one is held out
+    x = normalise_counts(counts, labels, 3, active=active)
+    expected = np.array([0.0, 0.5, 1.0, 0.5, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(x, expected * (1 - 2e-6) + 1e-6)
+    x_global = normalise_counts(counts[:3], np.array([0, 1, 2]), 3, classwise=False)
+    np.testing.assert_allclose(x_global, np.array([0.0, 0.5, 1.0]) * (1 - 2e-6) + 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss
+
+
+def test_ido_loss_equals_a_hand_computed_value():
+    u = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    v = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    p, eps = torch.tensor([0.9, 0.2]), torch.tensor([0.1, 0.5])
+
+    def softmax(z):
+        e = [math.exp(t) for t in z]
+        return [t / sum(e) for t in e]
+
+    total = 0.0
+    for i in range(2):
+        ui, vi, y = u[i].tolist(), v[i].tolist(), int(labels[i])
+        ce = -math.log(softmax(ui)[y]) - math.log(softmax(vi)[y])
+        mse = sum((a - b) ** 2 for a, b in zip(ui, vi)) / 3
+        mean_p = [min(max((a + b) / 2, 1e-4), 1 - 1e-4) for a, b in zip(softmax(ui), softmax(vi))]
+        c, h = max(mean_p), -sum(t * math.log(t) for t in mean_p)
+        total += float(p[i]) * ce + float(eps[i]) * mse + (1 - float(p[i])) * c * h
+    out = ido_loss(u, v, labels, p, eps)
+    assert out["loss"].item() == pytest.approx(total / 2, rel=1e-6)
+    assert (out["ce"] + out["consistency"] + out["entropy"]).item() == pytest.approx(total / 2, rel=1e-6)
+
+
+def test_ido_loss_uses_per_sample_products_not_a_batch_broadcast():
+    u = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    p = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])  # only sample 0 has a CE term, only 1.. an entropy term
+    full = ido_loss(u, v, labels, p, torch.zeros(5))
+    alone = ido_loss(u[1:2], v[1:2], labels[1:2], p[1:2], torch.zeros(1))
+    assert full["entropy"].item() * 5 > alone["entropy"].item() - 1e-6  # sample 1's term is in the batch sum
+    # changing sample 0 (p = 1, no entropy weight) must not change the entropy term of the batch
+    u2 = u.clone()
+    u2[0] = torch.tensor([9.0, -9.0, 0.0, 0.0])
+    assert ido_loss(u2, v, labels, p, torch.zeros(5))["entropy"].item() == pytest.approx(full["entropy"].item())
+
+
+# ----------------------------------------------------------------------------------------------
+# Label wave
+
+
+def test_prediction_changes_counts_only_samples_seen_twice():
+    prev = np.array([-1, 0, 1, 2, 2])
+    cur = np.array([1, 0, 2, 2, -1])
+    assert prediction_changes(prev, cur) == 1
+
+
+def test_label_wave_turns_at_the_first_non_decrease():
+    wave = LabelWave()
+    assert [wave.observe(e, pc) for e, pc in [(1, 9), (2, 5), (3, 5), (4, 1)]] == [False, False, True, False]
+    assert wave.base_epoch == 2
+
+
+def test_label_wave_picks_the_right_epoch_and_keeps_a_real_copy(tmp_path):
+    n = 10
+    method = make_method(tmp_path, n=n, epochs=8, stage1_epochs=6)
+    model = nn.Linear(1, 1)
+    method.bind(model, FakeAccelerator())
+    # predictions per epoch; PC from epoch 1: 6, 4, 2, 3 (stops decreasing at epoch 4 -> base = epoch 3), 0
+    preds = [np.zeros(n, dtype=np.int32)]
+    for changes in (6, 4, 2, 3, 0):
+        nxt = preds[-1].copy()
+        nxt[:changes] = (nxt[:changes] + 1) % 3
+        preds.append(nxt)
+    idx = torch.arange(n)
+    pcs, bases = [], []
+    for epoch, pred in enumerate(preds):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))  # the weights "at the end of epoch" carry its number
+        method.store.set(CUR_PRED, idx, torch.from_numpy(pred))
+        row = method.on_epoch_end(epoch)
+        np.testing.assert_array_equal(method.store[PREV_PRED], pred)  # prev := cur for the next epoch
+        pcs.append(row.get("prediction_changes"))
+        bases.append(row.get("base_epoch"))
+    assert pcs == [None, 6, 4, 2, 3, 0]
+    assert method.wave.base_epoch == 3 and bases[-1] == 4  # 1-based in the metrics
+    assert method.base_weights["weight"].item() == 3.0
+    with torch.no_grad():
+        model.weight.fill_(42.0)
+    assert method.base_weights["weight"].item() == 3.0  # a copy, not the live tensor
+    assert method.mixture is not None  # the first fit ran at the end of stage 1 (epoch index 5)
+
+
+def test_stage2_starts_from_the_base_weights_with_a_fresh_optimiser(tmp_path):
+    method = make_method(tmp_path, n=4, k=2, epochs=3, stage1_epochs=1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    model(torch.ones(1, 3, 1, 1)).sum().backward()
+    optimizer.step()  # leaves momentum buffers
+    assert optimizer.state
+    method.base_weights = {k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()}
+    method.bind(model, FakeAccelerator())
+    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(0)  # first fit
+    images = torch.rand(4, 3, 1, 1)
+    batch = Batch(images=images, idx=torch.arange(4), views={"weak": images, "strong": images + 1})
+    state_sizes = []
+    real_step = optimizer.step
+    optimizer.step = lambda: (state_sizes.append(len(optimizer.state)), real_step())
+    method.train_step(batch, method.ctx.noisy_labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), 1)
+    assert all(torch.all(v == 0.25) for v in model.state_dict().values())  # lr 0: still the base weights
+    assert state_sizes == [0]  # the momentum buffers were cleared before the first stage-2 step
+    assert method.stage2_started
+
+
+def test_stage2_without_views_names_the_trainer_fix(tmp_path):
+    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    method.bind(model, FakeAccelerator())
+    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(0)
+    batch = Batch(images=torch.rand(4, 3, 1, 1), idx=torch.arange(4))
+    with pytest.raises(RuntimeError, match="views=method.needs.views"):
+        method.train_step(batch, method.ctx.noisy_labels, {"model": model},
+                          {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, FakeAccelerator(), 1)
+
+
+def test_config_rejects_a_run_without_stage_2(tmp_path):
+    with pytest.raises(ValueError, match="stage1_epochs"):
+        make_method(tmp_path, epochs=3, stage1_epochs=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Wrong events on a tiny deterministic run
+
+
+def test_wrong_event_counts_equal_an_independent_count(tmp_path):
+    n, k, batch_size = 12, 3, 4
+    clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(5))
+    method = make_method(tmp_path, n=n, k=k, epochs=4, clean=clean, stage1_epochs=2)
+    labels_all = method.ctx.noisy_labels
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, k))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(1)
+    expected = np.zeros(n, dtype=np.int64)
+    for epoch in range(4):
+        order = torch.randperm(n, generator=g)
+        for lo in range(0, n, batch_size):
+            idx = order[lo:lo + batch_size]
+            weak, strong = torch.randn(len(idx), 3, 4, 4, generator=g), torch.randn(len(idx), 3, 4, 4, generator=g)
+            labels = labels_all[idx]
+            with torch.no_grad():  # the independent count, on the weights before this step
+                wrong = (model(weak).argmax(1) != labels).long()
+                if epoch >= 2:
+                    wrong += (model(strong).argmax(1) != labels).long()
+            expected[idx.numpy()] += wrong.numpy()
+            batch = Batch(images=weak, idx=idx, views={"weak": weak, "strong": strong})
+            out = method.train_step(batch, labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), epoch)
+            assert out.logits.shape == (len(idx), k) and torch.isfinite(out.terms["loss"])
+        row = method.on_epoch_end(epoch)
+    np.testing.assert_array_equal(method.store[WRONG_EVENT], expected)
+    assert method.store[WRONG_EVENT].dtype == np.int32
+    assert expected.max() > 0 and "we_auroc" in row and "p_auroc" in row and 0 <= row["we_auroc"] <= 1
+    lines = (tmp_path / "method" / "ido_mixture.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [2, 3, 4]  # first fit after stage 1, then refits
+    first = json.loads(lines[0])
+    assert first["iterations"] == 20 and np.asarray(first["params"]).shape == (k, 2, 3)
+
+
+def test_state_dict_round_trip_restores_the_mixture_and_base(tmp_path):
+    method = make_method(tmp_path, n=6, k=2, epochs=3, stage1_epochs=1)
+    method.bind(nn.Linear(1, 2), FakeAccelerator())
+    method.store.set(CUR_PRED, torch.arange(6), torch.zeros(6, dtype=torch.int32))
+    method.on_epoch_end(0)
+    method.base_weights = {"w": torch.ones(2)}
+    other = make_method(tmp_path, n=6, k=2, epochs=3, stage1_epochs=1)
+    other.load_state_dict(method.state_dict())
+    np.testing.assert_array_equal(other.mixture.a, method.mixture.a)
+    assert torch.equal(other.base_weights["w"], torch.ones(2)) and other.mixture_history == method.mixture_history
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end through training/run.py
+
+
+def _run_args(dataset: Path, out: Path) -> list[str]:
+    return [
+        "--config", str(ROOT / "training/configs/demo_cpu.yaml"),
+        f"data.root={dataset.parent}", f"data.name={dataset.name}", f"out_dir={out}", "run_name=r",
+        "data.batch_size=32", "data.eval_batch_size=64", "epochs=2", "optim.schedule=constant",
+        "method.name=ido", "method.params.stage1_epochs=1",
+    ]
+
+
+def _check_run(out: Path) -> None:
+    run = out / "r"
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "ido" and results["epochs"] == 2
+    first, second = results["history"]
+    assert "we_auroc" in first and "p_auroc" in first and "ido_p_mean" in second
+    assert len((run / "method" / "ido_mixture.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_ido_run_end_to_end(tiny_dataset, tmp_path):
+    from training.run import main
+
+    assert main(_run_args(tiny_dataset, tmp_path)) == 0
+    _check_run(tmp_path)
+
+
+def _stage2_loss(tmp_path, view_forward: str) -> float:
+    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1, view_forward=view_forward)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))  # no BatchNorm: both ways give the same logits
+    method.bind(model, FakeAccelerator())
+    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(0)
+    g = torch.Generator().manual_seed(1)
+    weak, strong = torch.rand(4, 3, 1, 1, generator=g), torch.rand(4, 3, 1, 1, generator=g)
+    batch = Batch(images=weak, idx=torch.arange(4), views={"weak": weak, "strong": strong})
+    out = method.train_step(batch, method.ctx.noisy_labels, {"model": model},
+                            {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, FakeAccelerator(), 1)
+    return out.terms["loss"].item()
+
+
+def test_view_forward_concat_and_separate_agree_without_batchnorm(tmp_path):
+    assert _stage2_loss(tmp_path, "concat") == pytest.approx(_stage2_loss(tmp_path, "separate"), rel=1e-6)
+
+
+def test_stage2_cosine_lr_decays_per_epoch_to_the_minimum(tmp_path):
+    method = make_method(tmp_path, epochs=6, stage1_epochs=2, stage2_schedule="cosine", stage2_min_lr=1e-4)
+    base = method.ctx.base_lr
+    assert method.lr_factor(1.5, 0.7) == 0.7  # stage 1 follows the configured schedule
+    lrs = [base * method.lr_factor(epoch + 0.5, 1.0) for epoch in range(2, 6)]
+    assert lrs[0] == pytest.approx(base)
+    assert lrs[2] == pytest.approx(1e-4 + (base - 1e-4) * 0.5)  # half-way through stage 2
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 1e-4
