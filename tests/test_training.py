@@ -45,7 +45,7 @@ def test_run_writes_outputs(tiny_dataset, tmp_path):
     row = results["history"][0]
     n_train = manifest["splits"]["train"]["num_samples"]
     assert row["train_samples"] == n_train  # every training sample once per epoch
-    for key in ("train_loss", "train_acc_noisy", "train_acc_clean", "memorised", "images_per_s"):
+    for key in ("train_loss", "train_acc_noisy", "train_acc_clean", "memorised", "images_per_s", "test_top5"):
         assert key in row
     assert (run / "config.yaml").is_file()
     assert len(_history(tmp_path)) == 2
@@ -82,6 +82,14 @@ def test_run_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, monkeypatc
         return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_s")} for r in rows]
 
     assert comparable(_history(broken)) == comparable(_history(straight))
+
+
+def test_run_evaluates_extra_test_splits_top1_and_top5(tiny_dataset, tmp_path):
+    """Every test split is evaluated each epoch; top-5 is at least top-1; the headline stays test_acc."""
+    assert main(_args(tiny_dataset, tmp_path, "epochs=1", "data.extra_test_splits=[train]")) == 0
+    row = _history(tmp_path)[0]
+    assert row["test_top5"] >= row["test_acc"] and row["train_top5"] >= row["train_acc"]
+    assert 0 < row["test_top5"] <= 1 and row["train_acc"] != row["test_acc"]
 
 
 def test_run_refuses_to_overwrite_and_to_resume_nothing(tiny_dataset, tmp_path, capsys):

@@ -24,7 +24,8 @@ class DataConfig(_Section):
     label_set: str  # noisy label set used for training, e.g. "sym-0.40-s0"
     clean_label_set: str | None = "clean"  # for diagnostics only; None when the clean labels are unknown
     train_split: str = "train"
-    test_split: str = "test"
+    test_split: str = "test"  # the split best/last test accuracy refer to
+    extra_test_splits: list[str] = []  # also evaluated every epoch, e.g. ["imagenet_val"] for mini-WebVision
     clean_subset: str | None = None  # mask of the clean meta subset, e.g. "clean-subset-1000-s0": left out of
     # the noisy training stream, and served (with its clean labels) to methods that need it
     clean_batch_size: int | None = Field(None, gt=0)  # per process; default: batch_size

@@ -28,20 +28,27 @@ def gather_by_idx(accelerator, idx: torch.Tensor, values: torch.Tensor) -> tuple
     return idx[first], values[first]
 
 
+TOP_K = 5
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (idx, predicted class) over the whole split, gathered from all processes."""
+    """Returns (idx (n,), top-k classes (n, k), best first) over the whole split, gathered from all
+    processes; k = min(5, number of classes)."""
     model.eval()
-    all_idx, all_pred = [], []
+    all_idx, all_top = [], []
     for batch in loader:
         with accelerator.autocast():
-            logits = model(batch.images)
+            logits = model(batch.images)  # (B, K)
         all_idx.append(batch.idx)
-        all_pred.append(logits.argmax(dim=1))
-    device = accelerator.device
-    idx = torch.cat(all_idx) if all_idx else torch.empty(0, dtype=torch.long, device=device)
-    pred = torch.cat(all_pred) if all_pred else torch.empty(0, dtype=torch.long, device=device)
-    return gather_by_idx(accelerator, idx, pred)
+        all_top.append(logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices)  # (B, k)
+    return gather_by_idx(accelerator, torch.cat(all_idx), torch.cat(all_top))
+
+
+def top1_top5(top: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Accuracies from top-k predictions (n, k) and labels (n,)."""
+    hits = top == labels[:, None]  # (n, k)
+    return float(hits[:, 0].float().mean()), float(hits.any(dim=1).float().mean())
 
 
 @dataclass

@@ -24,7 +24,7 @@ from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore
 from state.sync import communicator_for
-from training.evaluation import TrainTally, predict, soft_label_diagnostics
+from training.evaluation import TrainTally, predict, soft_label_diagnostics, top1_top5
 from training.methods import build_method
 from training.methods.base import MethodContext, StepOutput
 from training.models import build_model
@@ -114,13 +114,16 @@ class Trainer:
         self.clean = None
         if data.clean_label_set:
             self.clean = torch.from_numpy(self.dataset.labels(data.train_split, data.clean_label_set)).to(device)
-        self.test_labels = torch.from_numpy(self.dataset.labels(data.test_split, "clean")).to(device)  # (N_test,)
         self.subset_mask = self.dataset.mask(data.train_split, data.clean_subset) if data.clean_subset else None
         self._loader_args = dict(mode=data.loader, transform=_transform(self.config), device=device,
                                  process_index=acc.process_index, num_processes=acc.num_processes,
                                  num_threads=data.num_threads)
-        self.test_loader = make_loader(self.dataset, data.test_split, batch_size=data.eval_batch_size, train=False,
-                                       **self._loader_args)
+        # split -> (loader, clean labels (N_split,) on the device); the first is the headline test split
+        self.test_sets = {
+            split: (make_loader(self.dataset, split, batch_size=data.eval_batch_size, train=False, **self._loader_args),
+                    torch.from_numpy(self.dataset.labels(split, "clean")).to(device))
+            for split in [data.test_split, *data.extra_test_splits]
+        }
 
     def _clean_subset(self) -> CleanSubset:
         """Loaders over the clean meta subset only (everything outside the mask is excluded)."""
@@ -255,12 +258,16 @@ class Trainer:
             return {}
         return soft_label_diagnostics(self.store[name], self.noisy.cpu().numpy(), self.clean.cpu().numpy())
 
-    def _evaluate(self) -> float:
-        idx, pred = predict(self.models["model"], self.test_loader, self.accelerator)
-        n = self.test_labels.numel()
-        if idx.numel() != n:
-            raise RuntimeError(f"evaluation saw {idx.numel()} distinct test samples, expected {n}")
-        return float((pred == self.test_labels[idx]).float().mean())
+    def _evaluate(self) -> dict[str, float]:
+        """Top-1 and top-5 accuracy on every test split (keys test_acc / test_top5 for the headline split)."""
+        out = {}
+        for i, (split, (loader, labels)) in enumerate(self.test_sets.items()):
+            idx, top = predict(self.models["model"], loader, self.accelerator)
+            if idx.numel() != labels.numel():
+                raise RuntimeError(f"evaluation saw {idx.numel()} distinct {split!r} samples, expected {labels.numel()}")
+            prefix = "test" if i == 0 else split
+            out[f"{prefix}_acc"], out[f"{prefix}_top5"] = top1_top5(top, labels[idx])
+        return out
 
     def fit(self) -> dict:
         cfg, acc = self.config, self.accelerator
@@ -277,7 +284,7 @@ class Trainer:
             row.update(self.method.on_epoch_end(epoch))
             row.update(self._soft_label_diagnostics())
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                row["test_acc"] = self._evaluate()
+                row.update(self._evaluate())
             self.progress.history.append(row)
             self.progress.epochs_done = epoch + 1
             if acc.is_main_process:
