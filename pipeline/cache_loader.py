@@ -29,6 +29,7 @@ from pipeline.batch import Batch
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.loader import derive_seed, epoch_plan, strong_view_generator
 from pipeline.shards import read_shard
+from pipeline.split_loader import SplitLoader
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _decode_shard_cuda(path: Path, side: int, fixed: bool, device: torch.device)
     return idx_list, torch.stack(out) if out else torch.empty(0, 3, side, side, dtype=torch.uint8, device=device)
 
 
-class CacheLoader:
+class CacheLoader(SplitLoader):
     """Batches from a decoded split held on the device; see pipeline/loader.py for the epoch split."""
 
     def __init__(
@@ -144,38 +145,17 @@ class CacheLoader:
         dataset: Dataset,
         split: str,
         *,
-        batch_size: int,
-        train: bool,
-        transform: T.TransformConfig,
-        device: torch.device,
-        process_index: int = 0,
-        num_processes: int = 1,
-        seed: int = 0,
-        exclude: np.ndarray | None = None,
-        num_threads: int = 2,
-        views: tuple[str, ...] = (),
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out
+        **options,  # SplitLoader's
     ):
-        self.views = T.check_views(views)
-        self.batch_size = batch_size
-        self.train = train
-        self.transform = transform
-        self.device = device
-        self.process_index = process_index
-        self.num_processes = num_processes
-        self.seed = seed
-        self.epoch = 0
-        self.images = decode_split(dataset, split, transform, device, num_threads)  # (N, 3, S, S) uint8
+        super().__init__(**options)
+        self.images = decode_split(dataset, split, self.transform, self.device, self.num_threads)  # (N, 3, S, S) uint8
         n = self.images.shape[0]
         keep = np.ones(n, dtype=bool) if exclude is None else ~exclude
-        self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(device)  # (M,) int64, increasing
+        self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # (M,) int64, increasing
         self.num_samples = int(self.kept_idx.numel())
-        self._part, self._bounds = epoch_plan(self.num_samples, batch_size, process_index, num_processes)
-
-    def __len__(self) -> int:
-        return len(self._bounds)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,
+                                              self.num_processes)
 
     def epoch_order(self, epoch: int) -> Tensor:
         """(M,) int64 idx in this epoch's order, the same in every process (seeded by seed and epoch)."""

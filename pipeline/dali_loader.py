@@ -49,6 +49,7 @@ from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
+from pipeline.split_loader import SplitLoader
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-class DaliLoader:
+class DaliLoader(SplitLoader):
     """Stream-mode loader on DALI; see the module docstring and pipeline/loader.py."""
 
     def __init__(
@@ -121,22 +122,14 @@ class DaliLoader:
         dataset: Dataset,
         split: str,
         *,
-        batch_size: int,
-        train: bool,
-        transform: TransformConfig,
-        device: torch.device,
-        process_index: int = 0,
-        num_processes: int = 1,
-        seed: int = 0,
-        exclude: np.ndarray | None = None,
-        num_threads: int = 2,
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (dropped from the decoded batches)
         dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
-        views: tuple[str, ...] = (),
+        **options,  # SplitLoader's
     ):
-        self.views = T.check_views(views)
-        if self.views and transform.kind != "cifar":
+        super().__init__(**options)
+        if self.views and self.transform.kind != "cifar":
             raise ValueError(
-                f"views {self.views} with the {transform.kind!r} transform in stream mode are not supported "
+                f"views {self.views} with the {self.transform.kind!r} transform in stream mode are not supported "
                 f"(DALI augments that kind itself; only the cifar kind uses the torch ops that make views): "
                 f"use data.loader=cache"
             )
@@ -148,28 +141,10 @@ class DaliLoader:
                     raise FileNotFoundError(f"{path} (split {split!r} of {dataset.path}) is missing: re-run tools/make_shards.py")
         self.ext = dataset.manifest.image_ext
         self.n = dataset.num_samples(split)
-        self.batch_size = batch_size
-        self.train = train
-        self.transform = transform
-        self.device = device
-        self.process_index = process_index
-        self.num_processes = num_processes
-        self.seed = seed
-        self.num_threads = num_threads
         self.dont_use_mmap = dont_use_mmap
-        self.epoch = 0
-        self.exclude = None if exclude is None else torch.from_numpy(exclude).to(device)  # (N,) bool
+        self.exclude = None if exclude is None else torch.from_numpy(exclude).to(self.device)  # (N,) bool
         self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-        _, self._bounds = epoch_plan(self.n, batch_size, process_index, num_processes)
-
-    def __len__(self) -> int:
-        return len(self._bounds)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _part_index(self, epoch: int) -> int:
-        return (self.process_index + epoch) % self.num_processes if self.train else self.process_index
+        _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
 
     def _build(self, epoch: int) -> DALIGenericIterator:
         gpu = self.device.type == "cuda"

@@ -22,11 +22,12 @@ from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
 from pipeline.shards import read_shard
+from pipeline.split_loader import SplitLoader
 
 SHUFFLE_BUFFER = 4096  # samples in the shuffle buffer (encoded bytes), as in the DALI loader
 
 
-class WdsLoader:
+class WdsLoader(SplitLoader):
     """Stream-mode fallback loader; see the module docstring and pipeline/loader.py."""
 
     def __init__(
@@ -34,18 +35,10 @@ class WdsLoader:
         dataset: Dataset,
         split: str,
         *,
-        batch_size: int,
-        train: bool,
-        transform: T.TransformConfig,
-        device: torch.device,
-        process_index: int = 0,
-        num_processes: int = 1,
-        seed: int = 0,
-        exclude: np.ndarray | None = None,
-        num_threads: int = 2,
-        views: tuple[str, ...] = (),
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out
+        **options,  # SplitLoader's
     ):
-        self.views = T.check_views(views)
+        super().__init__(**options)
         self.paths = dataset.shard_paths(split)
         self.shard_sizes = [s.num_samples for s in dataset.split(split).shards]
         self.n = dataset.num_samples(split)
@@ -54,24 +47,9 @@ class WdsLoader:
                 f"{dataset.path}: the shards of split {split!r} hold {sum(self.shard_sizes)} samples, the manifest "
                 f"says {self.n}: re-run tools/make_shards.py --force"
             )
-        self.batch_size = batch_size
-        self.train = train
-        self.transform = transform
-        self.device = device
-        self.process_index = process_index
-        self.num_processes = num_processes
-        self.seed = seed
-        self.num_threads = max(1, num_threads)
         self.exclude = exclude
         self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-        self.epoch = 0
-        _, self._bounds = epoch_plan(self.n, batch_size, process_index, num_processes)
-
-    def __len__(self) -> int:
-        return len(self._bounds)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
 
     def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes, str]]:
         """(idx, bytes, ext) at file positions [start, stop) of the split, reading only the shards needed."""
@@ -98,7 +76,7 @@ class WdsLoader:
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        part = (self.process_index + epoch) % self.num_processes if self.train else self.process_index
+        part = self._part_index(epoch)
         start, stop = part_bounds(self.n, self.num_processes, part)
         _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
         samples = self._samples(start, stop)
@@ -111,7 +89,7 @@ class WdsLoader:
         strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
         side = T.stored_side(self.transform)
         fixed = self.transform.kind == "imagenet"
-        with ThreadPoolExecutor(self.num_threads) as pool:
+        with ThreadPoolExecutor(max(1, self.num_threads)) as pool:
             for lo, hi in bounds:
                 chunk = [next(samples) for _ in range(hi - lo)]
                 if self.exclude is not None:

@@ -55,7 +55,7 @@ def test_run_writes_outputs(tiny_dataset, tmp_path):
     assert report_main([str(run), "--title", "T", "--append", str(results_md)]) == 0
     assert report_main([str(run), "--append", str(results_md)]) == 0
     text = results_md.read_text()
-    assert text.count("## ") == 2 and f"| r | ce | tiny_cnn | sym-0.40-s0" in text
+    assert text.count("## ") == 2 and "| r | ce | tiny_cnn | sym-0.40-s0" in text
     assert report_main([str(tmp_path / "missing")]) == 2
 
 

@@ -43,16 +43,9 @@ from training.methods.base import MethodContext  # noqa: E402
 from training.methods.beta_mixture import BetaMixture, normalise_counts  # noqa: E402
 from training.methods.ido import IDO  # noqa: E402
 from training.models import build_model  # noqa: E402
+from training.outputs import cpu_model  # noqa: E402
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +34,7 @@ from pipeline import transforms as T  # noqa: E402
 from pipeline.dataset import Dataset  # noqa: E402
 from pipeline.loader import dali_available, make_loader  # noqa: E402
 from pipeline.shards import read_shard  # noqa: E402
+from training.outputs import cpu_model  # noqa: E402
 
 MODES = ("stream", "cache", "baseline")
 
@@ -77,16 +77,8 @@ def time_epochs(loader, warmup: int, repeats: int) -> list[float]:
 
 
 def hardware() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or cpu
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {gpu}"
 
 
 def versions() -> str:

@@ -35,6 +35,7 @@ from pipeline.batch import Batch  # noqa: E402
 from training.methods import build_method  # noqa: E402
 from training.methods.base import MethodContext  # noqa: E402
 from training.models import build_model  # noqa: E402
+from training.outputs import cpu_model  # noqa: E402
 
 METHODS = [("ce", {}), ("mlc", {}), ("mlc_d", {"inner_steps": 5}), ("ebomlc", {})]
 
@@ -51,14 +52,6 @@ class FixedClean:
         return batch
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batches(n: int, batch: int, size: int, classes: int, offset: int, gen: torch.Generator) -> list[Batch]:

@@ -32,15 +32,12 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from training.outputs import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 K = 14
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def make_pool(size: int, seed: int = 0) -> list[bytes]:

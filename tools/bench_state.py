@@ -40,18 +40,11 @@ import zarr
 from state import kernels, persist
 from state.spec import ArraySpec
 from state.store import SampleStore
+from training.outputs import cpu_model
 
 ALPHA = 0.9
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def rss_mb() -> float:

@@ -45,18 +45,21 @@ def code_version() -> dict:
     return {"commit": commit or "unknown", "dirty": bool(status) if status is not None else None}
 
 
-def hardware(num_processes: int) -> dict:
-    cpu = platform.processor() or "unknown"
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown"
+
+
+def hardware(num_processes: int) -> dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "gpus": gpus,
         "num_processes": num_processes,
