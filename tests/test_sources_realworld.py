@@ -3,6 +3,9 @@ tools/make_shards.py, and stop on malformed lines, missing images and unknown cl
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import make_shards_main
@@ -24,6 +27,7 @@ from pipeline import sources
 from pipeline.dataset import Dataset
 from pipeline.shards import read_shard
 from pipeline.sources import SourceError
+from training.run import main as run_main
 
 main = make_shards_main()
 
@@ -261,3 +265,22 @@ def test_format_option_for_another_format_is_an_error(tmp_path, capsys):
     write_animal10n(tmp_path / "a")
     _expect_error(capsys, tmp_path, "--source", tmp_path / "a", "--food101", tmp_path,
                   match="--food101 is for the food101n format, not animal10n")
+
+
+@pytest.mark.slow
+def test_webvision_fixture_trains_with_both_test_splits(tmp_path):
+    """Convert, load (DALI stream, imagenet transforms) and train one epoch; both test splits get top-1/top-5."""
+    write_webvision(tmp_path / "webvision", classes=50)
+    inet = write_imagenet_val(tmp_path / "ilsvrc", classes=50)
+    _convert(tmp_path, "--source", tmp_path / "webvision", "--imagenet-val", inet["folder"],
+             "--imagenet-val-labels", tmp_path / "ilsvrc" / "val.txt")
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "demo_cpu.yaml"
+    assert run_main(["--config", str(config), f"data.root={tmp_path / 'out'}", "data.name=d",
+                     "data.label_set=webvision-noisy", "data.clean_label_set=null", "data.test_split=val",
+                     "data.extra_test_splits=[imagenet_val]", "data.loader=stream", "data.transform=imagenet",
+                     "data.image_size=32", "data.batch_size=16", "epochs=1", f"out_dir={tmp_path / 'runs'}",
+                     "run_name=r"]) == 0
+    row = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["history"][0]
+    assert row["train_samples"] == 100 and "train_acc_clean" not in row
+    for key in ("test_acc", "test_top5", "imagenet_val_acc", "imagenet_val_top5"):
+        assert 0.0 <= row[key] <= 1.0
