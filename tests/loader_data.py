@@ -10,11 +10,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torchvision.io import encode_jpeg
 
-from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Manifest, ShardEntry, SplitEntry
+from pipeline import transforms as T
+from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
+from pipeline.loader import dali_available, make_loader
 from pipeline.shards import ShardWriter, sha256_file
+from pipeline.wds_loader import WdsLoader
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -57,3 +61,17 @@ def make_dataset(root: Path, sizes: dict[str, int] | None = None, side: int = 32
                         splits=splits, provenance={"made_by": "tests/loader_data.py"})
     (root / MANIFEST).write_text(manifest.model_dump_json(indent=1))
     return root
+
+
+def build_loader(kind: str, dataset: Dataset, split: str = "train", **kw):
+    """A loader of one kind ("cache", "dali" or "wds", the DALI-less fallback) with test defaults:
+    cifar transforms on the CPU, training mode, batches of 16. Skips when DALI is missing."""
+    kw.setdefault("transform", T.cifar10())
+    kw.setdefault("device", torch.device("cpu"))
+    kw.setdefault("train", True)
+    kw.setdefault("batch_size", 16)
+    if kind == "dali" and not dali_available():
+        pytest.skip("nvidia.dali is not installed")
+    if kind == "wds":
+        return WdsLoader(dataset, split, **kw)
+    return make_loader(dataset, split, mode="cache" if kind == "cache" else "stream", **kw)

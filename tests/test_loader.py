@@ -21,6 +21,7 @@ from pipeline.wds_loader import WdsLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import launch_cpu  # noqa: E402
+from loader_data import build_loader as build  # noqa: E402
 from loader_data import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,18 +43,6 @@ def loader_dataset(request, tmp_path_factory) -> Dataset:
 def odd_dataset(tmp_path_factory) -> Dataset:
     """An imagenet-kind dataset: 40x48 images (not square, not the output size)."""
     return Dataset(make_dataset(tmp_path_factory.mktemp("loader") / "odd", {"train": 37}, side=40, per_shard=10))
-
-
-def build(kind: str, dataset: Dataset, split: str = "train", **kw):
-    kw.setdefault("transform", T.cifar10())
-    kw.setdefault("device", torch.device("cpu"))
-    kw.setdefault("train", True)
-    kw.setdefault("batch_size", 16)
-    if kind == "dali" and not dali_available():
-        pytest.skip("nvidia.dali is not installed")
-    if kind == "wds":
-        return WdsLoader(dataset, split, **kw)
-    return make_loader(dataset, split, mode="cache" if kind == "cache" else "stream", **kw)
 
 
 def epoch_idx(loader) -> list[int]:

@@ -13,9 +13,9 @@ import torch
 from pipeline import transforms as T
 from pipeline.dataset import Dataset
 from pipeline.loader import dali_available, make_loader
-from pipeline.wds_loader import WdsLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader_data import build_loader as _build  # noqa: E402
 from loader_data import make_dataset  # noqa: E402
 
 KINDS = ["cache", "dali", "wds"]
@@ -154,18 +154,6 @@ def test_train_views_rejects_unknown_names():
 @pytest.fixture(scope="session")
 def views_dataset(tmp_path_factory) -> Dataset:
     return Dataset(make_dataset(tmp_path_factory.mktemp("views") / "tiny", {"train": 48, "test": 24}, per_shard=32))
-
-
-def _build(kind: str, dataset: Dataset, **kw):
-    kw.setdefault("transform", T.cifar10())
-    kw.setdefault("device", torch.device("cpu"))
-    kw.setdefault("train", True)
-    kw.setdefault("batch_size", 16)
-    if kind == "dali" and not dali_available():
-        pytest.skip("nvidia.dali is not installed")
-    if kind == "wds":
-        return WdsLoader(dataset, "train", **kw)
-    return make_loader(dataset, "train", mode="cache" if kind == "cache" else "stream", **kw)
 
 
 def _by_idx(batches, key):
