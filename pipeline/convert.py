@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 
 from pipeline import cifar_n, noise, shard_stream
 from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
+from pipeline.provenance import code_version
 from pipeline.shards import ShardWriter, read_shard, sha256_file  # noqa: F401  (ShardWriter: tests patch it here)
 from pipeline.sources import Source, SourceError, decode_image, open_source
 
@@ -261,15 +261,10 @@ def _add_requested(root: Path, split: SplitArrays, entry: SplitEntry, classes: l
 
 
 def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
+    version = code_version(include_untracked=True)
+    if version["commit"] == "unknown":
         return None
+    return version["commit"] + ("-dirty" if version["dirty"] else "")
 
 
 def _now() -> str:

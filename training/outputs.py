@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
@@ -27,22 +26,6 @@ def write_json(path: Path, data: dict) -> None:
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """metrics.jsonl holds one JSON row per finished epoch; rewritten whole so a resume never duplicates rows."""
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def code_version() -> dict:
-    """The git commit of the code that ran (and whether it had uncommitted changes)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit or "unknown", "dirty": bool(status) if status is not None else None}
 
 
 def cpu_model() -> str:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from pipeline import transforms
 from pipeline.dataset import Dataset
 from pipeline.loader import make_loader
+from pipeline.provenance import code_version
 from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore
@@ -28,7 +29,7 @@ from training.evaluation import TrainTally, predict, soft_label_diagnostics, top
 from training.methods import build_method
 from training.methods.base import MethodContext, StepOutput
 from training.models import build_model
-from training.outputs import code_version, hardware, write_atomic, write_json, write_metrics
+from training.outputs import hardware, write_atomic, write_json, write_metrics
 from training.schedule import lr_factor
 
 log = logging.getLogger(__name__)
