@@ -5,20 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.special import betainc
 from torch import nn
+
+from launch import launch_cpu
 
 from pipeline.batch import Batch
 from state.store import SampleStore
 from training.methods import METHODS
 from training.methods.base import MethodContext
 from training.methods.beta_mixture import EDGE, BetaMixture, normalise_counts
-from training.methods.ido import CUR_PRED, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes
+from training.methods.ido import COUNTS_PLOT_DIR, CUR_PRED, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,6 +289,28 @@ def test_wrong_event_counts_equal_an_independent_count(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [2, 3, 4]  # first fit after stage 1, then refits
     first = json.loads(lines[0])
     assert first["iterations"] == 20 and np.asarray(first["params"]).shape == (k, 2, 3)
+    plots = sorted(p.name for p in (tmp_path / "method" / COUNTS_PLOT_DIR).iterdir())
+    assert plots == [f"epoch-{e:04d}.png" for e in range(1, 5)]
+    with Image.open(tmp_path / "method" / COUNTS_PLOT_DIR / plots[-1]) as image:
+        assert image.format == "PNG" and image.width > 200
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_counts_of_one_process(tmp_path):
+    """tests/ido_counts_worker.py: the same global batches split over 2 DDP processes (a linear model,
+    so the split changes no statistics) must count, fit and weight exactly as one process does."""
+    worker = ROOT / "tests" / "ido_counts_worker.py"
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = launch_cpu(2, worker, str(tmp_path))
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = np.load(tmp_path / "ido-1.npz"), np.load(tmp_path / "ido-2.npz")
+    assert one["counts"].sum() > 0 and one["base_epoch"] >= 1  # the label wave turned inside stage 1
+    for key in ("counts", "base_epoch"):
+        np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+    for key in ("p", "eps", "mixture"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_state_dict_round_trip_restores_the_mixture_and_base(tmp_path):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
+from PIL import Image
 from torch.func import functional_call
 
 from pipeline.batch import Batch
@@ -230,6 +231,8 @@ def test_train_step_counts_main_model_passes(name, params, forwards, backwards, 
     assert ("beta_mean" in row) == (name != "mlc")
     heat = np.load(tmp_path / "corrected_vs_true.npy")
     assert heat.shape == (C, C) and heat.sum() == 8
+    with Image.open(tmp_path / "corrected_vs_true.png") as image:
+        assert image.format == "PNG" and image.width > 200
 
 
 def test_meta_label_methods_reject_bad_params(tmp_path):

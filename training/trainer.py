@@ -162,6 +162,7 @@ class Trainer:
             build_optimizer=build_optimizer,
             out_dir=self.run_dir / "method",
             is_main_process=acc.is_main_process,
+            class_names=self.dataset.classes,
         )
         self.method = build_method(cfg.method.name, cfg.method.params, ctx)
         specs = self.method.state_arrays()

@@ -7,7 +7,7 @@ and supplies either `loss` (the trainer runs the standard step) or its own `trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
 
@@ -47,6 +47,7 @@ class MethodContext:
     build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the configured optimiser
     out_dir: Path  # <run>/method/: where a method may write its own per-epoch artefacts (main process only)
     is_main_process: bool
+    class_names: list[str] = field(default_factory=list)  # for figures; index k when empty
 
 
 @dataclass

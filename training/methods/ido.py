@@ -15,7 +15,9 @@ If PC keeps decreasing to the end of stage 1, the weights at the end of stage 1 
 At the end of the last stage-1 epoch the class-wise Beta mixture is fitted with 20 EM iterations
 on the normalised counts; after every stage-2 epoch it is refitted warm-started (1 iteration by
 default). The parameters (per class a, b, pi of both components, and the count min/max) are
-written per fit to <ctx.out_dir>/ido_mixture.jsonl and summarised in the epoch's metrics.
+written per fit to <ctx.out_dir>/ido_mixture.jsonl and summarised in the epoch's metrics; when
+clean labels are known, each epoch's count histograms (per class, right vs wrong labels) are
+saved as <ctx.out_dir>/ido_counts/epoch-NNNN.png.
 
 Stage 2: at its first step the base weights are loaded into the model and the optimiser state
 (momentum / Adam moments, which belong to the later stage-1 trajectory) is cleared; the learning
@@ -58,6 +60,7 @@ from training.evaluation import auroc
 from training.methods.base import DataNeeds, Method, MethodContext, StepOutput
 from training.methods.beta_mixture import BetaMixture, count_ranges, normalise_counts
 from training.outputs import write_atomic
+from training.plots import count_histograms, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ WRONG_EVENT = "wrong_event"
 PREV_PRED = "prev_pred"
 CUR_PRED = "cur_pred"
 MIXTURE_FILE = "ido_mixture.jsonl"
+COUNTS_PLOT_DIR = "ido_counts"  # per-epoch histograms of the counts, right vs wrong labels, per class
 PROB_CLAMP = 1e-4  # P_i is clamped to [1e-4, 1 - 1e-4] before the entropy (spec step 4)
 
 
@@ -252,7 +256,7 @@ class IDO(Method):
             metrics.update(self._label_wave(epoch))
         if epoch >= self.stage1_epochs - 1:
             metrics.update(self._fit(epoch))
-        metrics.update(self._diagnostics())
+        metrics.update(self._diagnostics(epoch))
         return metrics
 
     def _label_wave(self, epoch: int) -> dict[str, float]:
@@ -326,15 +330,22 @@ class IDO(Method):
         self.ctx.out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.ctx.out_dir / MIXTURE_FILE, "".join(json.dumps(r) + "\n" for r in self.mixture_history))
 
-    def _diagnostics(self) -> dict[str, float]:
-        """AUROC of the wrong-event count and of 1 - p for finding the mislabelled samples (clean labels known)."""
+    def _diagnostics(self, epoch: int) -> dict[str, float]:
+        """AUROC of the wrong-event count and of 1 - p for finding the mislabelled samples (clean labels
+        known), and the per-class count histograms of right and wrong labels as
+        <ctx.out_dir>/ido_counts/epoch-NNNN.png."""
         if self.ctx.clean_labels is None:
             return {}
         active = self._active()
         wrong = (self.labels != self.ctx.clean_labels.cpu().numpy())[active]
-        out = {"we_auroc": auroc(self.store[WRONG_EVENT][active], wrong)}
+        counts = self.store[WRONG_EVENT][active]
+        out = {"we_auroc": auroc(counts, wrong)}
         if self._p is not None:
             out["p_auroc"] = auroc(1.0 - self._p.cpu().numpy()[active], wrong)
+        if self.ctx.is_main_process:
+            fig = count_histograms(counts, self.labels[active], wrong, self.ctx.num_classes, self.ctx.class_names,
+                                   f"IDO wrong-event counts per given class, epoch {epoch + 1}")
+            save_figure(fig, self.ctx.out_dir / COUNTS_PLOT_DIR / f"epoch-{epoch + 1:04d}.png")
         return out
 
     # ------------------------------------------------------------------ checkpoints

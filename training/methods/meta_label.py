@@ -50,6 +50,7 @@ from torch import nn
 from pipeline.batch import Batch
 from training.methods.base import DataNeeds, Method, StepOutput
 from training.methods.lookahead import current_lr_wd, forward_with
+from training.plots import confusion_heatmap, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -417,14 +418,19 @@ class MetaLabelMethod(Method):
         return out
 
     def _write_confusion(self, confusion: np.ndarray) -> None:
-        """<run>/method/corrected_vs_true.npy: (C, C) counts of this epoch, rows the true (clean) class,
-        columns g's argmax on the noisy training batches; overwritten each epoch, so the run's end
-        leaves the last epoch's heatmap data (no plot: matplotlib is not a dependency)."""
+        """<run>/method/corrected_vs_true.npy and .png: (C, C) counts of this epoch, rows the true
+        (clean) class, columns g's argmax on the noisy training batches; overwritten each epoch, so
+        the run's end leaves the last epoch's heatmap."""
         out_dir = Path(self.ctx.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = out_dir / "corrected_vs_true.tmp.npy"
         np.save(tmp, confusion)
         tmp.replace(out_dir / "corrected_vs_true.npy")
+        accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)
+        fig = confusion_heatmap(confusion, self.ctx.class_names,
+                                f"{self.name}: meta model's corrected label vs true label ({accuracy:.1%} right)",
+                                xlabel="corrected label (argmax of g)", ylabel="true label")
+        save_figure(fig, out_dir / "corrected_vs_true.png")
 
     def _average_buffers(self) -> None:
         """Models run unwrapped, so DDP does not broadcast BatchNorm statistics; average them instead
