@@ -17,7 +17,7 @@ from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-from report import main as report_main  # noqa: E402
+from report import main as report_main, upsert_section  # noqa: E402
 
 
 def _args(dataset: Path, out: Path, *extra: str) -> list[str]:
@@ -57,6 +57,18 @@ def test_run_writes_outputs(tiny_dataset, tmp_path):
     text = results_md.read_text()
     assert text.count("## ") == 2 and "| r | ce | tiny_cnn | sym-0.40-s0" in text
     assert report_main([str(tmp_path / "missing")]) == 2
+
+
+def test_report_replaces_its_own_section_and_keeps_the_prose_below():
+    doc = ("# Results\n\n## A\n\n| old |\nHardware: x\nCommand: `a.sh`\n\nWhy A looks so.\n\n"
+           "## B\n\n| b |\nHardware: y\n")
+    new_a = "## A\n\n| new |\nHardware: z\nCommand: `a.sh`\n"
+    out = upsert_section(doc, new_a, "A")
+    assert out.count("## A") == 1 and "| new |" in out and "| old |" not in out
+    assert "Why A looks so." in out and out.endswith("## B\n\n| b |\nHardware: y\n")
+    new_b = "## B\n\n| b2 |\nHardware: w\n"
+    assert upsert_section(out, new_b, "B").endswith("## B\n\n| b2 |\nHardware: w\n")  # last section, no Command
+    assert upsert_section(doc, "## C\n", "C").endswith("Hardware: y\n\n## C\n")  # a new title is appended
 
 
 @pytest.mark.slow

@@ -11,6 +11,11 @@ import sys
 from datetime import date
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.outputs import write_atomic  # noqa: E402
+
 
 def load_results(run_dir: Path) -> dict:
     path = run_dir / "results.json"
@@ -70,8 +75,26 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.append:
         existing = args.append.read_text() if args.append.exists() else "# Results\n\n"
-        args.append.write_text(existing.rstrip("\n") + "\n\n" + text)
+        write_atomic(args.append, upsert_section(existing, text, args.title))
     return 0
+
+
+def upsert_section(document: str, text: str, title: str) -> str:
+    """Appends `text`, or, when a section with the same heading exists, replaces its generated part
+    (heading to the Hardware / Command lines) and keeps the prose written below it: re-running an
+    experiment script updates its table instead of adding a second one."""
+    heading = f"## {title}\n"
+    start = document.find(heading)
+    if start < 0:
+        return document.rstrip("\n") + "\n\n" + text
+    next_heading = document.find("\n## ", start + len(heading))
+    end_of_section = len(document) if next_heading < 0 else next_heading + 1
+    block = document[start:end_of_section]
+    last = max(block.rfind("\nCommand: `"), block.rfind("\nHardware: "))
+    if last < 0:
+        raise ValueError(f"section {title!r} has no generated Hardware/Command lines to replace; rename one of them")
+    end = start + block.index("\n", last + 1) + 1 if "\n" in block[last + 1:] else end_of_section
+    return document[:start] + text + document[end:]
 
 
 if __name__ == "__main__":

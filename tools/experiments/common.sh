@@ -23,10 +23,19 @@ ensure_cifar10() {
   fi
 }
 
-# train RUN_DIR CONFIG OVERRIDES... : one training run into RUN_DIR (= out_dir/run_name).
+# train RUN_DIR CONFIG OVERRIDES... : one training run into RUN_DIR (= out_dir/run_name). A lock
+# (RUN_DIR.lock) lets two scripts share a runs root: a run another script is training is skipped
+# (the table that needs it is then written by whichever script runs last).
 train() {
-  local dir=$1 config=$2; shift 2
+  local dir=$1 config=$2 lock; shift 2
   local args=(--config "$config" "out_dir=$(dirname "$dir")" "run_name=$(basename "$dir")" "$@")
+  mkdir -p "$(dirname "$dir")"
+  exec {lock}>"$dir.lock"
+  if ! flock -n "$lock"; then
+    echo "== $dir is being trained by another script (lock $dir.lock held): skipped here"
+    exec {lock}>&-
+    return 0
+  fi
   if [ -f "$dir/results.json" ]; then
     echo "== $dir finished already: kept"
   elif [ -d "$dir/checkpoints" ] && [ -n "$(ls -A "$dir/checkpoints")" ]; then
@@ -34,4 +43,5 @@ train() {
   else
     echo "== $dir"; $PY training/run.py "${args[@]}"
   fi
+  exec {lock}>&-
 }

@@ -6,7 +6,7 @@
 # alpha0 phase until the first lr milestone, epoch 5). The CE runs are shared with ido_cifar10_cpu.sh.
 # Resumable: re-running it keeps finished runs and continues interrupted ones.
 # Writes runs/cpu-short/<label set>/{ce,surrogate,l2rw} and two tables in RESULTS.md.
-#   usage: tools/experiments/surrogate_cifar10n_cpu.sh [DATA_ROOT] [RUNS_ROOT]
+#   usage: [SETS="cifar10n-worse sym-0.40-s0"] tools/experiments/surrogate_cifar10n_cpu.sh [DATA_ROOT] [RUNS_ROOT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tools/experiments/common.sh
@@ -15,7 +15,7 @@ RUNS=${2:-runs/cpu-short}
 ensure_cifar10 "$DATA" sym-0.40-s0 cifar10n-worse
 
 CONFIG=training/configs/cifar10_cpu_short.yaml
-for set in cifar10n-worse sym-0.40-s0; do
+for set in ${SETS:-cifar10n-worse sym-0.40-s0}; do
   common=("data.root=$DATA" "data.label_set=$set")
   train "$RUNS/$set/ce" "$CONFIG" "${common[@]}" method.name=ce
   train "$RUNS/$set/surrogate" "$CONFIG" "${common[@]}" method.name=surrogate \
