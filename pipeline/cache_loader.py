@@ -152,10 +152,15 @@ class CacheLoader(SplitLoader):
         self.images = decode_split(dataset, split, self.transform, self.device, self.num_threads)  # (N, 3, S, S) uint8
         n = self.images.shape[0]
         keep = np.ones(n, dtype=bool) if exclude is None else ~exclude
+        self.exclude = exclude
         self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # (M,) int64, increasing
-        self.num_samples = int(self.kept_idx.numel())
-        self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,
-                                              self.num_processes)
+        if self.sampling is not None:
+            self._part, self._bounds = None, self.subset_bounds()
+            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
+        else:
+            self.num_samples = int(self.kept_idx.numel())
+            self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,
+                                                  self.num_processes)
 
     def epoch_order(self, epoch: int) -> Tensor:
         """(M,) int64 idx in this epoch's order, the same in every process (seeded by seed and epoch)."""
@@ -168,8 +173,11 @@ class CacheLoader(SplitLoader):
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        start, stop = self._part
-        mine = self.epoch_order(epoch)[start:stop]  # (part,) this process's idx
+        if self.sampling is not None:
+            mine = torch.from_numpy(self.epoch_subset(epoch, self.exclude)).to(self.device)  # (steps * B,)
+        else:
+            start, stop = self._part
+            mine = self.epoch_order(epoch)[start:stop]  # (part,) this process's idx
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)

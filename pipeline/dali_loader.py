@@ -49,6 +49,7 @@ from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
+from pipeline.random_access import ShardRandomAccess
 from pipeline.split_loader import SplitLoader
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
@@ -59,8 +60,9 @@ PREFETCH = 2  # batches DALI prepares ahead
 
 
 @pipeline_def
-def _pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, config: TransformConfig, gpu: bool,
-              dont_use_mmap: bool):
+def _reader_pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, config: TransformConfig, gpu: bool,
+                     dont_use_mmap: bool):
+    """The whole split: DALI's webdataset reader over this process's part of the tars."""
     encoded, idx = fn.readers.webdataset(
         paths=paths,
         index_paths=index_paths,
@@ -76,6 +78,19 @@ def _pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, config: T
         dont_use_mmap=dont_use_mmap,
         name="reader",
     )
+    return _decode(encoded, idx, train=train, config=config, gpu=gpu)
+
+
+@pipeline_def
+def _subset_pipeline(*, source, train, config: TransformConfig, gpu: bool):
+    """A per-epoch subset: `source` yields (encoded images, idx) batches read by idx
+    (pipeline/random_access.py) and raises StopIteration at the end of the epoch."""
+    encoded, idx = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
+    return _decode(encoded, idx, train=train, config=config, gpu=gpu)
+
+
+def _decode(encoded, idx, *, train: bool, config: TransformConfig, gpu: bool):
+    """Decoding (and for the imagenet kind, augmentation) shared by both pipelines."""
     decoder = "mixed" if gpu else "cpu"
     if config.kind == "cifar":  # augmented with torch ops on the batch (DaliLoader._batch)
         return fn.decoders.image(encoded, device=decoder, output_type=types.RGB), idx  # uint8 (H, W, 3)
@@ -142,19 +157,32 @@ class DaliLoader(SplitLoader):
         self.ext = dataset.manifest.image_ext
         self.n = dataset.num_samples(split)
         self.dont_use_mmap = dont_use_mmap
+        self.exclude_mask = exclude
         self.exclude = None if exclude is None else torch.from_numpy(exclude).to(self.device)  # (N,) bool
-        self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-        _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
+        if self.sampling is not None:
+            self.reader = ShardRandomAccess(dataset, split)
+            self._bounds = self.subset_bounds()
+            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
+        else:
+            self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
+            _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
 
-    def _build(self, epoch: int) -> DALIGenericIterator:
+    def _build(self, epoch: int, source=None) -> DALIGenericIterator:
+        """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (a subset)."""
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
-        pipe = _pipeline(
+        common = dict(
             batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
-            seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH,
+            seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH, train=self.train,
+            config=self.transform, gpu=gpu,
+        )
+        if source is not None:
+            pipe = _subset_pipeline(source=source, **common)
+            pipe.build()
+            return DALIGenericIterator(pipe, ["images", "idx"], auto_reset=False)  # runs until source stops
+        pipe = _reader_pipeline(
             paths=self.paths, index_paths=self.index_paths, ext=self.ext, shard_id=self._part_index(epoch),
-            num_shards=self.num_processes, train=self.train, config=self.transform, gpu=gpu,
-            dont_use_mmap=self.dont_use_mmap,
+            num_shards=self.num_processes, dont_use_mmap=self.dont_use_mmap, **common,
         )
         pipe.build()
         return DALIGenericIterator(
@@ -165,21 +193,28 @@ class DaliLoader(SplitLoader):
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        part = self._part_index(epoch)
-        start, stop = part_bounds(self.n, self.num_processes, part)
-        _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
         generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
         strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
+        batches = self._subset_epoch(epoch) if self.sampling is not None else self._split_epoch(epoch)
+        for images, idx in batches:
+            yield self._batch(images, idx, generator, strong)
+        self.epoch = epoch + 1
+
+    def _split_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, idx) of this process's part of the split, regrouped into the epoch_plan batches."""
+        part = self._part_index(epoch)
+        start, stop = part_bounds(self.n, self.num_processes, part)
+        _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
         iterator = self._build(epoch)
         tail_images, tail_idx, seen = [], [], 0
         try:
             for step, outputs in enumerate(iterator):
-                images = outputs[0]["images"]  # on the DALI output device; see _pipeline for the layout
+                images = outputs[0]["images"]  # on the DALI output device; see _decode for the layout
                 idx = outputs[0]["idx"].reshape(-1)  # (b,) int64
                 seen += idx.numel()
                 if step < len(bounds) - 1:
-                    yield self._batch(images, idx, generator, strong)
+                    yield images, idx
                 else:  # the last step takes everything left (the surplus of a larger part included)
                     tail_images.append(images.clone())
                     tail_idx.append(idx.clone())
@@ -191,8 +226,23 @@ class DaliLoader(SplitLoader):
                 f"expected {stop - start}: the .idx index files may not match the tars; re-run tools/make_shards.py --force"
             )
         if bounds:
-            yield self._batch(torch.cat(tail_images), torch.cat(tail_idx), generator, strong)
-        self.epoch = epoch + 1
+            yield torch.cat(tail_images), torch.cat(tail_idx)
+
+    def _subset_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, idx) of this process's class-balanced draw for `epoch`, read by idx."""
+        mine = self.epoch_subset(epoch, self.exclude_mask)  # (steps * B,) int64
+
+        def source() -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
+            for lo, hi in self._bounds:
+                idx = mine[lo:hi]
+                yield [self.reader.read(int(i)) for i in idx], [np.array([i], dtype=np.int64) for i in idx]
+
+        iterator = self._build(epoch, source())
+        try:
+            for outputs in iterator:
+                yield outputs[0]["images"], outputs[0]["idx"].reshape(-1)
+        finally:
+            del iterator
 
     def _batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
                strong: torch.Generator | None = None) -> Batch:

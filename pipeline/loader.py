@@ -11,6 +11,11 @@ Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives 
 both from the batched torch ops in every mode. The strong view draws from its own generator seeded
 by (seed, epoch, process) (`strong_view_generator`), so asking for views leaves `batch.images` unchanged.
 
+Per-epoch subsets: make_loader(..., sampling=BalancedEpochs(labels, samples, K)) (training loaders
+only) trains each epoch on a fresh class-balanced random subset of `samples` idx (the Clothing1M
+recipes' "2,000 batches of 64"), drawn by pipeline/sampling.py from (seed, epoch) in every process
+alike, each process taking its own block; the stream modes read those samples by idx.
+
 Every loader yields Batch objects and gives the same number of steps in every process, because a
 distributed step is a collective: one process with an extra batch would wait forever for the
 others. `epoch_plan` is the one rule all loaders follow:
@@ -33,6 +38,7 @@ import torch
 
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
+from pipeline.sampling import BalancedEpochs
 from pipeline.transforms import TransformConfig, check_views
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,7 @@ def make_loader(
     exclude: np.ndarray | None = None,  # bool (N,), True = leave this idx out (e.g. the clean meta subset)
     num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
     views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from ("weak", "strong"); train only
+    sampling: BalancedEpochs | None = None,  # a class-balanced random subset per epoch; train only
 ) -> Loader:
     """Builds the loader of one split for this process; see the module docstring for the split rule."""
     if mode not in ("stream", "cache"):
@@ -172,6 +179,9 @@ def make_loader(
     if views and not train:
         raise ValueError(f"views {views} were asked for on the evaluation loader of split {split!r}: "
                          f"views are train augmentations; pass views=() with train=False")
+    if sampling is not None and not train:
+        raise ValueError(f"per-epoch sampling was asked for on the evaluation loader of split {split!r}: "
+                         f"evaluation reads every sample; pass sampling=None with train=False")
     device = check_device(device)
     n = dataset.num_samples(split)
     exclude = check_exclude(exclude, n, f"split {split!r} of {dataset.path}")
@@ -184,6 +194,7 @@ def make_loader(
     common = dict(
         batch_size=batch_size, train=train, transform=transform, device=device, process_index=process_index,
         num_processes=num_processes, seed=seed, exclude=exclude, num_threads=num_threads, views=views,
+        sampling=sampling,
     )
     if mode == "cache":
         from pipeline.cache_loader import CacheLoader

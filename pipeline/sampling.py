@@ -86,3 +86,35 @@ def class_balanced_epoch(
               for c in range(k) if quotas[c]]
     selection = rng.permutation(np.concatenate(chosen))  # (total,) global training order
     return selection[process_index * per_process:(process_index + 1) * per_process].astype(np.int64)
+
+
+class BalancedEpochs:
+    """A loader's per-epoch subset rule: `samples` training samples per epoch (over all processes),
+    class-balanced by `labels`, drawn afresh each epoch by class_balanced_epoch.
+
+    labels: int (N,) by idx (the training label set); exclude: bool (N,) idx never drawn (e.g. the
+    clean meta subset). The draw runs over the kept idx and maps back, so results are global idx."""
+
+    def __init__(self, labels: np.ndarray, samples: int, num_classes: int):
+        if samples < 1:
+            raise ValueError(f"samples per epoch must be >= 1, got {samples}")
+        self.labels = np.asarray(labels)
+        self.samples = samples
+        self.num_classes = num_classes
+
+    def num_batches(self, batch_size: int) -> int:
+        """Batches of `batch_size` per epoch over all processes: the samples rounded up to whole batches."""
+        return -(-self.samples // batch_size)
+
+    def steps(self, batch_size: int, num_processes: int) -> int:
+        """Batches every process takes per epoch (class_balanced_epoch's rule)."""
+        return -(-self.num_batches(batch_size) // num_processes)
+
+    def draw(self, epoch: int, seed: int, batch_size: int, process_index: int, num_processes: int,
+             exclude: np.ndarray | None = None) -> np.ndarray:
+        """This process's idx for `epoch`: int64 (steps * batch_size,), in training order."""
+        kept = np.arange(len(self.labels)) if exclude is None else np.flatnonzero(~exclude)
+        local = class_balanced_epoch(self.labels[kept], epoch, seed, num_batches=self.num_batches(batch_size),
+                                     batch_size=batch_size, process_index=process_index,
+                                     num_processes=num_processes, num_classes=self.num_classes)
+        return kept[local]

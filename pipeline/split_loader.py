@@ -1,13 +1,17 @@
 """SplitLoader: what the three loader modes share (options, epoch counter, steps per epoch).
 
 The modes differ in how they read and decode (cache_loader.py, dali_loader.py, wds_loader.py);
-the per-process split they all follow is `epoch_plan` in pipeline/loader.py."""
+the per-process split they all follow is `epoch_plan` in pipeline/loader.py, or, with `sampling`,
+the per-epoch class-balanced draw of pipeline/sampling.py (stream modes then read by idx,
+pipeline/random_access.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from pipeline import transforms as T
+from pipeline.sampling import BalancedEpochs
 
 
 class SplitLoader:
@@ -23,6 +27,7 @@ class SplitLoader:
         seed: int = 0,
         num_threads: int = 2,  # decoding threads per process
         views: tuple[str, ...] = (),  # extra training views, e.g. ("weak", "strong")
+        sampling: BalancedEpochs | None = None,  # a class-balanced subset per epoch instead of the whole split
     ):
         self.views = T.check_views(views)
         self.batch_size = batch_size
@@ -33,6 +38,7 @@ class SplitLoader:
         self.num_processes = num_processes
         self.seed = seed
         self.num_threads = num_threads
+        self.sampling = sampling
         self.epoch = 0
         self._bounds: list[tuple[int, int]] = []  # set by the subclass: this process's batches
 
@@ -46,3 +52,12 @@ class SplitLoader:
         """The part of the split this process reads in `epoch`: training rotates the parts over the
         processes every epoch (so each sees the whole split over time), evaluation does not."""
         return (self.process_index + epoch) % self.num_processes if self.train else self.process_index
+
+    def subset_bounds(self) -> list[tuple[int, int]]:
+        """Batch bounds of a per-epoch subset: the same number of full batches in every process."""
+        steps = self.sampling.steps(self.batch_size, self.num_processes)
+        return [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(steps)]
+
+    def epoch_subset(self, epoch: int, exclude: np.ndarray | None) -> np.ndarray:
+        """This process's idx of `epoch` under `sampling`: int64 (steps * batch_size,), training order."""
+        return self.sampling.draw(epoch, self.seed, self.batch_size, self.process_index, self.num_processes, exclude)

@@ -5,6 +5,7 @@ pipeline.shards.read_shard, this process reads only its contiguous part of the s
 pipeline.loader.epoch_plan, part index rotated by the epoch for training, as in the DALI loader),
 training order comes from a seeded shuffle buffer, images are decoded by torchvision in a thread
 pool, and augmented with the batched ops of pipeline/transforms.py on the device (views too).
+With `sampling`, each epoch's class-balanced subset is read by idx (pipeline/random_access.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline.batch import Batch
 from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
+from pipeline.random_access import ShardRandomAccess
 from pipeline.shards import read_shard
 from pipeline.split_loader import SplitLoader
 
@@ -48,8 +50,13 @@ class WdsLoader(SplitLoader):
                 f"says {self.n}: re-run tools/make_shards.py --force"
             )
         self.exclude = exclude
-        self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-        _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
+        if self.sampling is not None:
+            self.reader = ShardRandomAccess(dataset, split)
+            self._bounds = self.subset_bounds()
+            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
+        else:
+            self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
+            _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
 
     def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes, str]]:
         """(idx, bytes, ext) at file positions [start, stop) of the split, reading only the shards needed."""
@@ -76,12 +83,16 @@ class WdsLoader(SplitLoader):
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        part = self._part_index(epoch)
-        start, stop = part_bounds(self.n, self.num_processes, part)
-        _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
-        samples = self._samples(start, stop)
-        if self.train:
-            samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
+        if self.sampling is not None:
+            bounds = self._bounds
+            samples = ((int(i), self.reader.read(int(i)).tobytes(), "") for i in self.epoch_subset(epoch, self.exclude))
+        else:
+            part = self._part_index(epoch)
+            start, stop = part_bounds(self.n, self.num_processes, part)
+            _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
+            samples = self._samples(start, stop)
+            if self.train:
+                samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)

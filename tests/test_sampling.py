@@ -1,11 +1,18 @@
-"""Per-epoch class-balanced sampling (pipeline/sampling.py): balance, determinism, process split."""
+"""Per-epoch class-balanced sampling (pipeline/sampling.py): balance, determinism, process split, and
+the loaders that train on those subsets (reading by idx in stream mode, pipeline/random_access.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from pipeline.sampling import balanced_quotas, class_balanced_epoch
+from loader_data import build_loader, make_dataset
+from pipeline import transforms as T
+from pipeline.dataset import Dataset, DatasetError
+from pipeline.random_access import ShardRandomAccess
+from pipeline.sampling import BalancedEpochs, balanced_quotas, class_balanced_epoch
+from pipeline.shards import read_shard
 
 
 def _labels(n: int = 5000, k: int = 14, seed: int = 0) -> np.ndarray:
@@ -70,3 +77,84 @@ def test_balanced_quotas_water_fills():
     assert balanced_quotas(np.array([3, 0, 100, 100]), 103, rng).tolist() == [3, 0, 50, 50]
     q = balanced_quotas(np.array([10, 10, 10]), 8, rng)
     assert q.sum() == 8 and sorted(q.tolist()) == [2, 3, 3]
+
+
+# ------------------------------------------------------------------ in the loaders
+
+
+@pytest.fixture(scope="module")
+def sampled_dataset(tmp_path_factory) -> Dataset:
+    return Dataset(make_dataset(tmp_path_factory.mktemp("sampling") / "tiny"))  # 203 train, 10 classes
+
+
+def _reference_images(dataset: Dataset) -> torch.Tensor:
+    """Every training image, eval-decoded by the cache loader, row = idx."""
+    loader = build_loader("cache", dataset, train=False, batch_size=64)
+    images = torch.cat([b.images for b in loader])
+    return images[torch.cat([b.idx for b in loader]).argsort()]
+
+
+def test_random_access_reads_the_bytes_read_shard_reads(sampled_dataset):
+    access = ShardRandomAccess(sampled_dataset, "train")
+    for path in sampled_dataset.shard_paths("train"):
+        for idx, data, _ in read_shard(path):
+            assert access.read(idx).tobytes() == data
+    access.close()
+
+
+def test_random_access_names_a_missing_index_entry(sampled_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sampled_dataset.path, copy)
+    index = Dataset(copy).index_paths("train")[0]
+    lines = index.read_text().splitlines()
+    index.write_text("\n".join(lines[:-1]) + "\n")  # drop the shard's last sample
+    with pytest.raises(DatasetError, match="no index entry for idx 63"):
+        ShardRandomAccess(Dataset(copy), "train")
+
+
+@pytest.mark.parametrize("kind", ["cache", "dali", "wds"])
+def test_loaders_train_on_a_balanced_subset_per_epoch(kind, sampled_dataset):
+    labels = sampled_dataset.labels("train", "clean")
+    exclude = sampled_dataset.mask("train", "clean-subset-20-s0")
+    sampling = BalancedEpochs(labels, samples=100, num_classes=10)
+    # pad=0: the crop is the whole image, so each image is its idx's picture, maybe mirrored
+    loader = build_loader(kind, sampled_dataset, sampling=sampling, exclude=exclude, transform=T.cifar10(pad=0),
+                          seed=3)
+    assert len(loader) == 7 and loader.num_samples == 112  # 100 rounded up to 7 batches of 16
+    reference = _reference_images(sampled_dataset)
+    level = 1 / (255 * min(T.CIFAR10_STD))
+    epochs = []
+    for _ in range(2):
+        batches = list(loader)
+        assert [len(b) for b in batches] == [16] * 7
+        idx = torch.cat([b.idx for b in batches]).numpy()
+        assert len(np.unique(idx)) == 112 and not exclude[idx].any()
+        counts = np.bincount(labels[idx], minlength=10)
+        assert counts.max() - counts.min() <= 1  # every class has more than its 11-12 here
+        for batch in batches:
+            want = reference[batch.idx]
+            error = torch.minimum((batch.images - want).abs().amax(dim=(1, 2, 3)),
+                                  (batch.images - want.flip(-1)).abs().amax(dim=(1, 2, 3)))
+            assert (error < 8 * level).all()  # the pixels belong to the idx (DALI's decoder: a few levels off)
+        epochs.append(idx)
+    assert not np.array_equal(np.sort(epochs[0]), np.sort(epochs[1]))  # a fresh subset each epoch
+    expected = sampling.draw(1, 3, 16, 0, 1, exclude)
+    np.testing.assert_array_equal(epochs[1], expected)  # the order is the draw's, in every mode
+
+
+def test_loader_subsets_of_two_processes_are_disjoint_and_equal_in_steps(sampled_dataset):
+    labels = sampled_dataset.labels("train", "clean")
+    sampling = BalancedEpochs(labels, samples=100, num_classes=10)
+    parts = [build_loader("cache", sampled_dataset, sampling=sampling, process_index=r, num_processes=2)
+             for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 4  # 7 batches over 2 processes: 4 steps each
+    idx = [torch.cat([b.idx for b in loader]).numpy() for loader in parts]
+    assert len(np.intersect1d(idx[0], idx[1])) == 0 and len(idx[0]) == len(idx[1]) == 64
+
+
+def test_sampling_on_an_evaluation_loader_is_refused(sampled_dataset):
+    sampling = BalancedEpochs(sampled_dataset.labels("train", "clean"), samples=50, num_classes=10)
+    with pytest.raises(ValueError, match="evaluation reads every sample"):
+        build_loader("cache", sampled_dataset, train=False, sampling=sampling)

@@ -135,6 +135,20 @@ ALR = ("method.name=alr", "method.params.warmup_epochs=1", "deterministic=true")
 
 
 @pytest.mark.slow
+def test_run_two_processes_on_class_balanced_subsets_in_stream_mode(tiny_dataset, tmp_path):
+    """data.epoch_samples: each epoch a fresh class-balanced subset, read by idx through DALI (or the
+    fallback), split over 2 processes in equal steps, with a method that keeps per-sample state."""
+    proc = launch_cpu(2, ROOT / "training/run.py", *_args(
+        tiny_dataset, tmp_path, "cpu=true", "data.loader=stream", "data.batch_size=16", "data.epoch_samples=100",
+        *ALR))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
+    # ceil(100 / 16) = 7 batches of 16 over 2 processes: 4 steps each, 128 samples an epoch
+    assert [row["train_samples"] for row in history] == [128, 128]
+    assert np.isfinite(history[-1]["train_loss"]) and "test_acc" in history[-1]
+
+
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_to_the_same_state(tiny_dataset, tmp_path):
     """kill -9 during epoch 3 (after an epoch of refinement), then --resume: same metrics and sample-store
     state as an uninterrupted run."""

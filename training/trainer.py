@@ -21,6 +21,7 @@ from pipeline import transforms
 from pipeline.dataset import Dataset
 from pipeline.loader import make_loader
 from pipeline.provenance import code_version
+from pipeline.sampling import BalancedEpochs
 from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore
@@ -77,9 +78,12 @@ class Trainer:
         self._prepare_run_dir(resume)
         self._build_data()
         self._build_method()
+        sampling = None
+        if config.data.epoch_samples is not None:
+            sampling = BalancedEpochs(self.noisy.cpu().numpy(), config.data.epoch_samples, self.dataset.num_classes)
         self.train_loader = make_loader(self.dataset, config.data.train_split, batch_size=config.data.batch_size,
                                         train=True, seed=config.seed, exclude=self.subset_mask,
-                                        views=self.method.needs.views, **self._loader_args)
+                                        views=self.method.needs.views, sampling=sampling, **self._loader_args)
         self._build_models()
         self.progress = Progress()
         acc = self.accelerator
