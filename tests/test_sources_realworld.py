@@ -267,6 +267,14 @@ def test_format_option_for_another_format_is_an_error(tmp_path, capsys):
                   match="--food101 is for the food101n format, not animal10n")
 
 
+def _train(tmp_path, *overrides: str) -> list[dict]:
+    """One short CPU run (tiny CNN) on the converted fixture tmp_path/out/d; returns its history."""
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "demo_cpu.yaml"
+    assert run_main(["--config", str(config), f"data.root={tmp_path / 'out'}", "data.name=d", "data.batch_size=8",
+                     "data.eval_batch_size=16", f"out_dir={tmp_path / 'runs'}", "run_name=r", *overrides]) == 0
+    return json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["history"]
+
+
 @pytest.mark.slow
 def test_webvision_fixture_trains_with_both_test_splits(tmp_path):
     """Convert, load (DALI stream, imagenet transforms) and train one epoch; both test splits get top-1/top-5."""
@@ -274,13 +282,52 @@ def test_webvision_fixture_trains_with_both_test_splits(tmp_path):
     inet = write_imagenet_val(tmp_path / "ilsvrc", classes=50)
     _convert(tmp_path, "--source", tmp_path / "webvision", "--imagenet-val", inet["folder"],
              "--imagenet-val-labels", tmp_path / "ilsvrc" / "val.txt")
-    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "demo_cpu.yaml"
-    assert run_main(["--config", str(config), f"data.root={tmp_path / 'out'}", "data.name=d",
-                     "data.label_set=webvision-noisy", "data.clean_label_set=null", "data.test_split=val",
-                     "data.extra_test_splits=[imagenet_val]", "data.loader=stream", "data.transform=imagenet",
-                     "data.image_size=32", "data.batch_size=16", "epochs=1", f"out_dir={tmp_path / 'runs'}",
-                     "run_name=r"]) == 0
-    row = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["history"][0]
+    row, = _train(tmp_path, "data.label_set=webvision-noisy", "data.clean_label_set=null", "data.test_split=val",
+                  "data.extra_test_splits=[imagenet_val]", "data.loader=stream", "data.transform=imagenet",
+                  "data.image_size=32", "data.batch_size=16", "epochs=1")
     assert row["train_samples"] == 100 and "train_acc_clean" not in row
     for key in ("test_acc", "test_top5", "imagenet_val_acc", "imagenet_val_top5"):
         assert 0.0 <= row[key] <= 1.0
+
+
+@pytest.mark.slow
+def test_clothing1m_fixture_trains_alr_on_class_balanced_subsets(tmp_path):
+    """The Clothing1M recipe's shape: stream mode, imagenet transforms, a class-balanced subset per
+    epoch (24 of the 40 noisy images), ALR keeping soft labels by idx, val and test evaluated."""
+    write_clothing1m(tmp_path / "clothing1M")
+    _convert(tmp_path, "--source", tmp_path / "clothing1M")
+    history = _train(tmp_path, "data.label_set=clothing1m-noisy", "data.clean_label_set=null",
+                     "data.extra_test_splits=[val]", "data.loader=stream", "data.transform=imagenet",
+                     "data.image_size=32", "data.epoch_samples=24", "epochs=2", "method.name=alr",
+                     "method.params.warmup_epochs=1")
+    assert [row["train_samples"] for row in history] == [24, 24]
+    assert all(0.0 <= row[key] <= 1.0 for row in history for key in ("test_acc", "test_top5", "val_acc"))
+
+
+@pytest.mark.slow
+def test_animal10n_fixture_trains_in_cache_mode(tmp_path):
+    write_animal10n(tmp_path / "animal")
+    ds = _convert(tmp_path, "--source", tmp_path / "animal")
+    row, = _train(tmp_path, "data.label_set=animal10n-noisy", "data.clean_label_set=null", "data.loader=cache",
+                  "data.transform=imagenet", "data.image_size=32", "epochs=1")
+    assert row["train_samples"] == ds.num_samples("train") and 0.0 <= row["test_acc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_food101n_fixture_trains_and_tests_on_food101(tmp_path):
+    write_food101n(tmp_path / "Food-101N_release", tmp_path / "food-101")
+    ds = _convert(tmp_path, "--source", tmp_path / "Food-101N_release", "--food101", tmp_path / "food-101")
+    row, = _train(tmp_path, "data.label_set=food101n-noisy", "data.clean_label_set=null", "data.loader=stream",
+                  "data.transform=imagenet", "data.image_size=32", "epochs=1")
+    assert row["train_samples"] == ds.num_samples("train") and 0.0 <= row["test_top5"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cifar100n_fixture_trains_against_noisy_and_clean_labels(tmp_path):
+    write_cifar100_python(tmp_path / "raw", n=40)
+    fine = np.array([(7 * j) % 100 for j in range(40)])
+    write_cifar100n_pt(tmp_path / "CIFAR-100_human.pt", fine)
+    _convert(tmp_path, "--source", tmp_path / "raw", "--cifar-n", tmp_path / "CIFAR-100_human.pt",
+             "--label-set", "cifar100n-noisy")
+    row, = _train(tmp_path, "data.label_set=cifar100n-noisy", "epochs=1")
+    assert row["train_samples"] == 40 and 0.0 <= row["train_acc_clean"] <= 1.0 and "memorised" in row
