@@ -155,8 +155,8 @@ class CacheLoader(SplitLoader):
         self.exclude = exclude
         self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # (M,) int64, increasing
         if self.sampling is not None:
-            self._part, self._bounds = None, self.subset_bounds()
-            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
+            self._part = None
+            self._plan_subsets()
         else:
             self.num_samples = int(self.kept_idx.numel())
             self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,

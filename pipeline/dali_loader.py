@@ -9,6 +9,9 @@
     imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
+    per-epoch subset        with `sampling` (pipeline/sampling.py) the reader is replaced by an external
+                            source that feeds this process's drawn idx, read by idx from the tars
+                            (pipeline/random_access.py), batch by batch; decoding is the same
     views (cifar kind)      views=("weak", "strong"): the same torch ops also make the views
                             (T.train_views); the imagenet kind has no views in stream mode (its
                             augmentation is DALI's: use the cache mode for multi-view methods)
@@ -49,7 +52,6 @@ from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
-from pipeline.random_access import ShardRandomAccess
 from pipeline.split_loader import SplitLoader
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
@@ -159,13 +161,7 @@ class DaliLoader(SplitLoader):
         self.dont_use_mmap = dont_use_mmap
         self.exclude_mask = exclude
         self.exclude = None if exclude is None else torch.from_numpy(exclude).to(self.device)  # (N,) bool
-        if self.sampling is not None:
-            self.reader = ShardRandomAccess(dataset, split)
-            self._bounds = self.subset_bounds()
-            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
-        else:
-            self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-            _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
+        self._plan_stream(dataset, split, exclude)
 
     def _build(self, epoch: int, source=None) -> DALIGenericIterator:
         """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (a subset)."""

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 from pipeline import transforms as T
+from pipeline.dataset import Dataset
+from pipeline.loader import epoch_plan
+from pipeline.random_access import ShardRandomAccess
 from pipeline.sampling import BalancedEpochs
 
 
@@ -53,10 +56,21 @@ class SplitLoader:
         processes every epoch (so each sees the whole split over time), evaluation does not."""
         return (self.process_index + epoch) % self.num_processes if self.train else self.process_index
 
-    def subset_bounds(self) -> list[tuple[int, int]]:
-        """Batch bounds of a per-epoch subset: the same number of full batches in every process."""
+    def _plan_subsets(self) -> None:
+        """Per-epoch subsets: the same number of full batches in every process."""
         steps = self.sampling.steps(self.batch_size, self.num_processes)
-        return [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(steps)]
+        self._bounds = [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(steps)]
+        self.num_samples = steps * self.batch_size * self.num_processes
+
+    def _plan_stream(self, dataset: Dataset, split: str, exclude: np.ndarray | None) -> None:
+        """The stream modes' plan: read each epoch's subset by idx, or this process's part of the split."""
+        if self.sampling is not None:
+            self.reader = ShardRandomAccess(dataset, split)
+            self._plan_subsets()
+            return
+        n = dataset.num_samples(split)
+        self.num_samples = n - (int(exclude.sum()) if exclude is not None else 0)
+        _, self._bounds = epoch_plan(n, self.batch_size, self.process_index, self.num_processes)
 
     def epoch_subset(self, epoch: int, exclude: np.ndarray | None) -> np.ndarray:
         """This process's idx of `epoch` under `sampling`: int64 (steps * batch_size,), training order."""

@@ -22,7 +22,6 @@ from pipeline.batch import Batch
 from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
 from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
-from pipeline.random_access import ShardRandomAccess
 from pipeline.shards import read_shard
 from pipeline.split_loader import SplitLoader
 
@@ -50,13 +49,7 @@ class WdsLoader(SplitLoader):
                 f"says {self.n}: re-run tools/make_shards.py --force"
             )
         self.exclude = exclude
-        if self.sampling is not None:
-            self.reader = ShardRandomAccess(dataset, split)
-            self._bounds = self.subset_bounds()
-            self.num_samples = len(self._bounds) * self.batch_size * self.num_processes
-        else:
-            self.num_samples = self.n - (int(exclude.sum()) if exclude is not None else 0)
-            _, self._bounds = epoch_plan(self.n, self.batch_size, self.process_index, self.num_processes)
+        self._plan_stream(dataset, split, exclude)
 
     def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes, str]]:
         """(idx, bytes, ext) at file positions [start, stop) of the split, reading only the shards needed."""

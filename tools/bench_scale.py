@@ -79,11 +79,20 @@ def generate(root: Path, n: int, n_test: int, seed: int = 0) -> float:
     return time.perf_counter() - start
 
 
+def status_bytes(status: str, field: str) -> int:
+    """A "<field>: <n> kB" line of /proc/<pid>/status, in bytes."""
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(field + ":"))
+
+
 class PeakRSS:
-    """Polls a process tree; keeps each process's peak resident set (VmHWM) while it lives."""
+    """Polls a process tree; keeps each process's peak resident set (VmHWM) while it lives, and the
+    polled peaks of its two parts: RssAnon (its own memory) and RssFile (file pages it maps, e.g. a
+    memory-mapped tar: page cache the kernel may drop, not memory the process allocated)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.anon: dict[int, int] = {}
+        self.file: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(pid, every), daemon=True)
         self._thread.start()
@@ -94,9 +103,10 @@ class PeakRSS:
                 root = psutil.Process(pid)
                 for p in [root, *root.children(recursive=True)]:
                     status = Path(f"/proc/{p.pid}/status").read_text()
-                    hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM"))
                     name = "main" if p.pid == pid else "worker"
-                    self.peaks[p.pid] = (name, max(hwm, self.peaks.get(p.pid, ("", 0))[1]))
+                    self.peaks[p.pid] = (name, max(status_bytes(status, "VmHWM"), self.peaks.get(p.pid, ("", 0))[1]))
+                    self.anon[p.pid] = max(status_bytes(status, "RssAnon"), self.anon.get(p.pid, 0))
+                    self.file[p.pid] = max(status_bytes(status, "RssFile"), self.file.get(p.pid, 0))
             except (psutil.Error, OSError, StopIteration):
                 pass
             self._stop.wait(every)
@@ -107,31 +117,31 @@ class PeakRSS:
         return self.peaks
 
 
-def run_measured(cmd: list[str]) -> tuple[float, dict, str]:
+def run_measured(cmd: list[str]) -> tuple[float, PeakRSS, str]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     meter = PeakRSS(proc.pid)
     out, _ = proc.communicate()
     wall = time.perf_counter() - start
-    peaks = meter.stop()
+    meter.stop()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
-    return wall, peaks, out
+    return wall, meter, out
 
 
-def stream_epoch(dataset_dir: str, batch_size: int, threads: int) -> None:
-    """Child process: one training epoch of the stream loader; prints a JSON line."""
+def stream_epoch(dataset_dir: str, batch_size: int, threads: int, dont_use_mmap: bool) -> None:
+    """Child process: one training epoch of the DALI stream loader; prints a JSON line."""
     import torch
 
     from pipeline import transforms as T
+    from pipeline.dali_loader import DaliLoader
     from pipeline.dataset import Dataset
-    from pipeline.loader import make_loader
 
     torch.set_num_threads(1)
     ds = Dataset(dataset_dir)
-    loader = make_loader(ds, "train", mode="stream", batch_size=batch_size, train=True,
-                         transform=T.TransformConfig(kind="cifar", size=32, mean=(0.5,) * 3, std=(0.25,) * 3),
-                         device="cpu", num_threads=threads)
+    loader = DaliLoader(ds, "train", batch_size=batch_size, train=True, dont_use_mmap=dont_use_mmap,
+                        transform=T.TransformConfig(kind="cifar", size=32, mean=(0.5,) * 3, std=(0.25,) * 3),
+                        device=torch.device("cpu"), num_threads=threads)
     loader.set_epoch(0)
     start, seen, first = time.perf_counter(), 0, None
     for batch in loader:
@@ -152,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="reuse generated images in --work if present")
     p.add_argument("--phase", choices=["all", "stream"], default="all", help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
+    p.add_argument("--dont-use-mmap", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.phase == "stream":
-        stream_epoch(args.dataset, args.batch_size, args.loader_threads)
+        stream_epoch(args.dataset, args.batch_size, args.loader_threads, args.dont_use_mmap)
         return 0
     src, out = args.work / "clothing1M-synthetic", args.work / "data"
     n_test = max(args.n // 100, 100)
@@ -176,13 +187,24 @@ def main(argv: list[str] | None = None) -> int:
     label_bytes = sum(f.stat().st_size for f in (ds_dir / "labels").rglob("*") if f.is_file())
     stream_cmd = [sys.executable, "tools/bench_scale.py", "--phase", "stream", "--dataset", str(ds_dir),
                   "--batch-size", str(args.batch_size), "--loader-threads", str(args.loader_threads)]
-    load_s, load_peaks, load_out = run_measured(stream_cmd)
-    stream = json.loads(load_out.strip().splitlines()[-1])
+    streams = {}
+    for mmap in (True, False):  # DALI's reader maps the tars by default; dont_use_mmap reads them instead
+        wall, meter, out = run_measured(stream_cmd + ([] if mmap else ["--dont-use-mmap"]))
+        streams[mmap] = (wall, meter, json.loads(out.strip().splitlines()[-1]))
     load_after = os.getloadavg()
     n_train = manifest["splits"]["train"]["num_samples"]
     mb = lambda b: f"{b / 1e6:,.0f} MB"  # noqa: E731
-    main_rss = max(v for name, v in conv_peaks.values() if name == "main")
-    worker_rss = sorted(v for name, v in conv_peaks.values() if name == "worker")
+    main_rss = max(v for name, v in conv_peaks.peaks.values() if name == "main")
+    worker_rss = sorted(v for name, v in conv_peaks.peaks.values() if name == "worker")
+
+    def stream_line(mmap: bool) -> str:
+        wall, meter, stream = streams[mmap]
+        return (f"- stream loader, one training epoch, tars {'memory-mapped (default)' if mmap else 'read (dont_use_mmap)'} "
+                f"({stream['steps']} steps of {args.batch_size}, {args.loader_threads} DALI threads, CPU): "
+                f"{stream['images']:,} images in {stream['seconds']:.0f} s = {stream['images'] / stream['seconds']:,.0f} img/s "
+                f"(first batch after {stream['first_batch_s']:.1f} s; process wall {wall:.0f} s); peak RSS "
+                f"{mb(max(v for _, v in meter.peaks.values()))}; polled peaks: anonymous {mb(max(meter.anon.values()))}, "
+                f"file-backed {mb(max(meter.file.values()))} (polled peaks)")
     print(f"""
 - command: `python tools/bench_scale.py --n {args.n} --workers {args.workers} --batch-size {args.batch_size} --loader-threads {args.loader_threads}`
 - hardware: {cpu_model()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; python {platform.python_version()}
@@ -191,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 - conversion ({args.workers} workers): {conv_s:.0f} s wall = {n_train / conv_s:,.0f} train img/s end to end (list parsing, existence checks, decode-verify, tar + DALI index, sha256, labels, manifest)
 - shard bytes: train+test tars {mb(shard_bytes)} ({shard_bytes / (n_train + n_test):,.0f} B/img), DALI index files {mb(index_bytes)}, labels + keys {mb(label_bytes)}
 - converter peak RSS: main {mb(main_rss)}; workers {', '.join(mb(v) for v in worker_rss)}
-- stream loader, one training epoch ({stream['steps']} steps of {args.batch_size}, {args.loader_threads} DALI threads, CPU): {stream['images']:,} images in {stream['seconds']:.0f} s = {stream['images'] / stream['seconds']:,.0f} img/s (first batch after {stream['first_batch_s']:.1f} s); process wall {load_s:.0f} s incl. start-up
-- loader peak RSS: {mb(max(v for _, v in load_peaks.values()))} (one process)
+{stream_line(True)}
+{stream_line(False)}
 - sample store, ALR soft labels K = 14: N x 14 x 4 B = {mb(n_train * K * 4)} per process (replicated in every process)
 """)
     return 0
