@@ -167,6 +167,7 @@ def make_loader(
     num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
     views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from ("weak", "strong"); train only
     sampling: BalancedEpochs | None = None,  # a class-balanced random subset per epoch; train only
+    mmap: bool = True,  # stream mode with DALI: memory-map the tars (False: plain reads, see BENCHMARKS.md)
 ) -> Loader:
     """Builds the loader of one split for this process; see the module docstring for the split rule."""
     if mode not in ("stream", "cache"):
@@ -208,7 +209,7 @@ def make_loader(
     if dali_available():
         from pipeline.dali_loader import DaliLoader
 
-        return DaliLoader(dataset, split, **common)
+        return DaliLoader(dataset, split, dont_use_mmap=not mmap, **common)
     from pipeline.wds_loader import WdsLoader
 
     log.warning("nvidia.dali cannot be imported: stream mode uses the tarfile + torchvision fallback (slower)")

@@ -247,3 +247,12 @@ def test_loader_two_real_processes_cover_the_epoch(loader_dataset, tmp_path):
             assert sorted(a + b) == list(range(n)), f"{mode} epoch {epoch}"
             assert not set(a) & set(b)
         assert record["epochs"][0][0] != record["epochs"][1][0], f"{mode}: epochs 0 and 1 in the same order"
+
+
+@needs_dali
+def test_dali_plain_reads_give_the_images_of_memory_mapped_reads(loader_dataset):
+    mapped = list(build("dali", loader_dataset, train=False, batch_size=64))
+    read = build("dali", loader_dataset, train=False, batch_size=64, mmap=False)
+    assert read.dont_use_mmap
+    for a, b in zip(mapped, read, strict=True):
+        assert torch.equal(a.idx, b.idx) and torch.equal(a.images, b.images)

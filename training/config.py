@@ -35,6 +35,7 @@ class DataConfig(_Section):
     batch_size: int = Field(128, gt=0)  # per process
     eval_batch_size: int = Field(512, gt=0)  # per process
     num_threads: int = Field(2, gt=0)  # DALI / decode worker threads per process
+    mmap: bool = True  # stream mode: DALI memory-maps the tars; false reads them (RSS stays flat, BENCHMARKS.md)
     epoch_samples: int | None = Field(None, gt=0)  # train each epoch on a fresh class-balanced random subset
     # of this many samples (over all processes, by the training labels; Clothing1M: 2000 x 64 = 128000)
 

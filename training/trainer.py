@@ -122,7 +122,7 @@ class Trainer:
         self.subset_mask = self.dataset.mask(data.train_split, data.clean_subset) if data.clean_subset else None
         self._loader_args = dict(mode=data.loader, transform=_transform(self.config), device=device,
                                  process_index=acc.process_index, num_processes=acc.num_processes,
-                                 num_threads=data.num_threads)
+                                 num_threads=data.num_threads, mmap=data.mmap)
         # split -> (loader, clean labels (N_split,) on the device); the first is the headline test split
         self.test_sets = {
             split: (make_loader(self.dataset, split, batch_size=data.eval_batch_size, train=False, **self._loader_args),
