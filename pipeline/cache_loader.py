@@ -156,7 +156,7 @@ class CacheLoader(SplitLoader):
         self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # (M,) int64, increasing
         if self.sampling is not None:
             self._part = None
-            self._plan_subsets()
+            self._plan_subsets(exclude)
         else:
             self.num_samples = int(self.kept_idx.numel())
             self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,

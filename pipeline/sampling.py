@@ -110,6 +110,17 @@ class BalancedEpochs:
         """Batches every process takes per epoch (class_balanced_epoch's rule)."""
         return -(-self.num_batches(batch_size) // num_processes)
 
+    def check(self, batch_size: int, num_processes: int, exclude: np.ndarray | None) -> None:
+        """Fails early, naming the setting, when an epoch would need more samples than there are."""
+        drawn = self.steps(batch_size, num_processes) * batch_size * num_processes
+        available = len(self.labels) - (int(exclude.sum()) if exclude is not None else 0)
+        if drawn > available:
+            raise ValueError(
+                f"data.epoch_samples={self.samples} draws {drawn} samples an epoch (whole batches of {batch_size} in "
+                f"each of {num_processes} processes) but only {available} training samples are available "
+                f"(the clean subset, if any, is left out): lower data.epoch_samples, or leave it unset to use them all"
+            )
+
     def draw(self, epoch: int, seed: int, batch_size: int, process_index: int, num_processes: int,
              exclude: np.ndarray | None = None) -> np.ndarray:
         """This process's idx for `epoch`: int64 (steps * batch_size,), in training order."""

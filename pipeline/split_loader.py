@@ -56,8 +56,9 @@ class SplitLoader:
         processes every epoch (so each sees the whole split over time), evaluation does not."""
         return (self.process_index + epoch) % self.num_processes if self.train else self.process_index
 
-    def _plan_subsets(self) -> None:
+    def _plan_subsets(self, exclude: np.ndarray | None) -> None:
         """Per-epoch subsets: the same number of full batches in every process."""
+        self.sampling.check(self.batch_size, self.num_processes, exclude)
         steps = self.sampling.steps(self.batch_size, self.num_processes)
         self._bounds = [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(steps)]
         self.num_samples = steps * self.batch_size * self.num_processes
@@ -66,7 +67,7 @@ class SplitLoader:
         """The stream modes' plan: read each epoch's subset by idx, or this process's part of the split."""
         if self.sampling is not None:
             self.reader = ShardRandomAccess(dataset, split)
-            self._plan_subsets()
+            self._plan_subsets(exclude)
             return
         n = dataset.num_samples(split)
         self.num_samples = n - (int(exclude.sum()) if exclude is not None else 0)

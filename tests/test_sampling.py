@@ -154,6 +154,14 @@ def test_loader_subsets_of_two_processes_are_disjoint_and_equal_in_steps(sampled
     assert len(np.intersect1d(idx[0], idx[1])) == 0 and len(idx[0]) == len(idx[1]) == 64
 
 
+@pytest.mark.parametrize("kind", ["cache", "wds"])
+def test_a_subset_larger_than_the_training_set_names_the_setting(kind, sampled_dataset):
+    exclude = sampled_dataset.mask("train", "clean-subset-20-s0")
+    sampling = BalancedEpochs(sampled_dataset.labels("train", "clean"), samples=190, num_classes=10)
+    with pytest.raises(ValueError, match=r"data.epoch_samples=190 draws 192 .* only 183 training samples"):
+        build_loader(kind, sampled_dataset, sampling=sampling, exclude=exclude)
+
+
 def test_sampling_on_an_evaluation_loader_is_refused(sampled_dataset):
     sampling = BalancedEpochs(sampled_dataset.labels("train", "clean"), samples=50, num_classes=10)
     with pytest.raises(ValueError, match="evaluation reads every sample"):
