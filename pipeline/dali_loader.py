@@ -97,6 +97,7 @@ def _decode(encoded, idx, *, train: bool, config: TransformConfig, gpu: bool):
     if config.kind == "cifar":  # augmented with torch ops on the batch (DaliLoader._batch)
         return fn.decoders.image(encoded, device=decoder, output_type=types.RGB), idx  # uint8 (H, W, 3)
     size = config.size
+    train = train and config.augment
     if train:
         images = fn.decoders.image_random_crop(
             encoded, device=decoder, output_type=types.RGB, random_area=list(RRC_AREA),

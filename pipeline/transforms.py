@@ -54,6 +54,8 @@ class TransformConfig:
     std: tuple[float, float, float]  # per channel RGB, fraction of 255
     pad: int = 4  # cifar train: zero padding before the random crop, px
     resize: int = 256  # imagenet: eval shorter side, and the side of the cached square, px
+    augment: bool = True  # false: training images get the eval transform (no crop, no flip), e.g. to let a
+    # model memorise wrong labels quickly (the CPU memorisation regime); extra views still differ by their draws
 
     def __post_init__(self) -> None:
         if self.kind not in ("cifar", "imagenet"):
@@ -179,6 +181,7 @@ def apply(images: Tensor, config: TransformConfig, *, train: bool, generator: to
         raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
     if train and generator is None:
         raise ValueError("train transforms need a torch.Generator (seeded from seed and epoch)")
+    train = train and config.augment
     if config.kind == "cifar":
         if train:
             images = random_crop_flip(images, config.size, config.pad, generator)

@@ -6,6 +6,7 @@ processes, the same len() in every process, no padding duplicates, `exclude` res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -187,6 +188,23 @@ def test_loader_imagenet_kind_resizes_any_image_size(kind, odd_dataset):
         batches = list(loader)
         assert sorted(i for b in batches for i in b.idx.tolist()) == list(range(37))
         assert all(b.images.shape[1:] == (3, 24, 24) for b in batches)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("preset", ["cifar", "imagenet"])
+def test_loader_augment_off_trains_on_the_eval_images(kind, preset, loader_dataset, odd_dataset):
+    """data.augment=false: training batches hold exactly the eval transform's pixels, by idx."""
+    dataset = loader_dataset if preset == "cifar" else odd_dataset
+    config = T.cifar10(augment=False) if preset == "cifar" else T.imagenet(size=24, resize=28, augment=False)
+
+    def by_idx(transform, train):
+        batches = list(build(kind, dataset, transform=transform, train=train, batch_size=16))
+        images, idx = torch.cat([b.images for b in batches]), torch.cat([b.idx for b in batches])
+        return images[idx.argsort()]
+
+    plain = by_idx(config, train=False)
+    assert torch.equal(by_idx(config, train=True), plain)
+    assert not torch.equal(by_idx(dataclasses.replace(config, augment=True), train=True), plain)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class DataConfig(_Section):
     clean_batch_size: int | None = Field(None, gt=0)  # per process; default: batch_size
     loader: Literal["stream", "cache"] = "cache"
     transform: Literal["cifar", "imagenet"] = "cifar"
+    augment: bool = True  # false: train on the eval transform (no crop/flip/resized crop), every loader mode
     image_size: int = Field(32, gt=0)  # output side in px (32 CIFAR, 224 ImageNet-style)
     batch_size: int = Field(128, gt=0)  # per process
     eval_batch_size: int = Field(512, gt=0)  # per process

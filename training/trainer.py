@@ -64,7 +64,7 @@ def _check_devices(config: Config) -> None:
 
 def _transform(config: Config) -> transforms.TransformConfig:
     preset = transforms.cifar10 if config.data.transform == "cifar" else transforms.imagenet
-    return preset(size=config.data.image_size)
+    return preset(size=config.data.image_size, augment=config.data.augment)
 
 
 class Trainer:
