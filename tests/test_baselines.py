@@ -1,0 +1,250 @@
+"""Tests of the baseline methods GCE, SCE, ELR and Co-teaching (training/methods/{gce,sce,elr,coteaching}.py):
+each loss against hand-computed values on tiny tensors, then one short end-to-end run of each."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.batch import Batch
+from state.store import SampleStore
+from test_training import _args
+from training.methods import METHODS
+from training.methods.base import MethodContext
+from training.methods.coteaching import SELECTED, keep_ratio, small_loss_exchange
+from training.methods.elr import TARGET, clamped_softmax, elr_regulariser
+from training.methods.gce import gce_loss
+from training.methods.sce import reverse_cross_entropy
+from training.run import main
+
+
+class FakeAccelerator:
+    """The two Accelerator calls Co-teaching's step makes, for one CPU process."""
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def make_method(name: str, labels, *, clean=None, build_model=None, **params):
+    labels = torch.as_tensor(labels)
+    k = 3
+    ctx = MethodContext(num_classes=k, num_samples=len(labels), noisy_labels=labels,
+                        clean_labels=None if clean is None else torch.as_tensor(clean), epochs=20, base_lr=1.0,
+                        build_model=build_model or (lambda: nn.Linear(2, k)),
+                        build_optimizer=lambda p: torch.optim.SGD(p, lr=1.0), out_dir=None, is_main_process=True)
+    cls = METHODS[name]
+    method = cls(cls.Config.model_validate(params), ctx)
+    specs = method.state_arrays()
+    if specs:
+        method.store = SampleStore(specs, len(labels), labels=labels, num_classes=k)
+    return method
+
+
+LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+LABELS = torch.tensor([0, 2])
+
+
+def softmax_rows(rows):
+    """Softmax by hand (math.exp), so the tests do not check torch against itself."""
+    out = []
+    for row in rows:
+        e = [math.exp(v) for v in row]
+        out.append([v / sum(e) for v in e])
+    return out
+
+
+P = softmax_rows(LOGITS.tolist())
+P_Y = [P[0][0], P[1][2]]
+
+
+# ----------------------------------------------------------------------------------------------
+# GCE
+
+
+def test_gce_equals_one_minus_p_to_the_q_over_q():
+    expected = sum((1 - p ** 0.7) / 0.7 for p in P_Y) / 2
+    assert gce_loss(LOGITS, LABELS, 0.7).item() == pytest.approx(expected, rel=1e-6)
+    method = make_method("gce", [0, 2])
+    assert method.config.q == 0.7
+    assert method.loss(LOGITS, LABELS, None, 0)["loss"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gce_tends_to_ce_as_q_goes_to_zero_and_to_mae_at_q_one():
+    ce = sum(-math.log(p) for p in P_Y) / 2
+    assert gce_loss(LOGITS, LABELS, 1e-5).item() == pytest.approx(ce, rel=1e-4)
+    assert abs(gce_loss(LOGITS, LABELS, 0.7).item() - ce) > 0.1  # far from CE at the paper's q
+    assert gce_loss(LOGITS, LABELS, 1.0).item() == pytest.approx(sum(1 - p for p in P_Y) / 2, rel=1e-6)
+
+
+def test_gce_is_finite_where_the_label_probability_underflows():
+    logits = torch.tensor([[200.0, -200.0]], requires_grad=True)
+    loss = gce_loss(logits, torch.tensor([1]), 0.7)
+    loss.backward()
+    assert loss.item() == pytest.approx(1 / 0.7) and torch.isfinite(logits.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# SCE
+
+
+def test_sce_reverse_cross_entropy_clamps_log_zero_to_a():
+    # RCE = -sum_k p_k log q_k with log 0 := A = -4 and log 1 = 0
+    expected = sum(-sum(p * (0.0 if k == y else -4.0) for k, p in enumerate(row))
+                   for row, y in zip(P, LABELS.tolist())) / 2
+    assert reverse_cross_entropy(LOGITS, LABELS, -4.0).item() == pytest.approx(expected, rel=1e-6)
+    assert expected == pytest.approx(sum(4 * (1 - p) for p in P_Y) / 2)
+
+
+def test_sce_loss_is_alpha_ce_plus_beta_rce_with_per_dataset_weights():
+    logits, labels = torch.zeros(1, 3), torch.tensor([1])  # p = 1/3 everywhere
+    ce, rce = math.log(3), 4 * (2 / 3)
+    cifar10 = make_method("sce", [1])
+    assert (cifar10.config.alpha, cifar10.config.beta, cifar10.config.log_zero) == (0.1, 1.0, -4.0)
+    out = cifar10.loss(logits, labels, None, 0)
+    assert out["loss"].item() == pytest.approx(0.1 * ce + 1.0 * rce, rel=1e-6)
+    assert out["rce"].item() == pytest.approx(rce, rel=1e-6)
+    cifar100 = make_method("sce", [1], alpha=6.0, beta=0.1)
+    assert cifar100.loss(logits, labels, None, 0)["loss"].item() == pytest.approx(6.0 * ce + 0.1 * rce, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# ELR
+
+
+def _clamped_normalised(rows):
+    clamped = [[min(max(v, 1e-4), 1 - 1e-4) for v in row] for row in rows]
+    return [[v / sum(row) for v in row] for row in clamped]
+
+
+def test_elr_target_is_an_ema_of_the_clamped_normalised_prediction():
+    method = make_method("elr", [0, 2, 1])
+    beta, lam = method.config.beta, method.config.lam
+    assert (beta, lam) == (0.7, 3.0)
+    batch = Batch(images=torch.zeros(2, 1), idx=torch.tensor([2, 0]))
+    first = torch.tensor([[30.0, 0.0, 0.0], [0.0, 1.0, 2.0]])  # row 0 saturates: the clamp matters
+    method.loss(first, torch.tensor([1, 0]), batch, 0)
+    q1 = np.array(_clamped_normalised(softmax_rows(first.tolist())))
+    np.testing.assert_allclose(method.store[TARGET][[2, 0]], (1 - beta) * q1, rtol=1e-5)
+    np.testing.assert_array_equal(method.store[TARGET][1], 0)  # not in the batch: untouched
+
+    out = method.loss(LOGITS, torch.tensor([1, 0]), batch, 0)
+    q2 = np.array(_clamped_normalised(P))
+    target = beta * (1 - beta) * q1 + (1 - beta) * q2
+    np.testing.assert_allclose(method.store[TARGET][[2, 0]], target, rtol=1e-5)
+    p = np.clip(np.array(P), 1e-4, 1 - 1e-4)
+    ce = (-math.log(P[0][1]) - math.log(P[1][0])) / 2
+    reg = np.log(1 - (target * p).sum(axis=1)).mean()
+    assert out["loss"].item() == pytest.approx(ce + lam * reg, rel=1e-5)
+
+
+def test_elr_regulariser_gradient_pulls_the_prediction_towards_the_target():
+    target = torch.tensor([[0.1, 0.1, 0.8]])
+    logits = torch.tensor([[1.0, 0.5, 0.0]], requires_grad=True)  # the prediction favours class 0
+    elr_regulariser(clamped_softmax(logits), target).backward()
+    grad = logits.grad[0]
+    assert grad[2] < 0 and grad[0] > 0  # descent raises the target's class, lowers the predicted one
+    stepped = (logits - 0.5 * logits.grad).detach()
+    before = (F.softmax(logits.detach(), 1) * target).sum()
+    assert (F.softmax(stepped, 1) * target).sum() > before
+
+
+def test_elr_reports_label_correction_through_its_soft_targets():
+    assert METHODS["elr"].soft_label_array == TARGET
+
+
+# ----------------------------------------------------------------------------------------------
+# Co-teaching
+
+
+def test_coteaching_keep_ratio_ramps_down_to_one_minus_the_forget_rate():
+    assert keep_ratio(0, 0.4, 10) == 1.0
+    assert keep_ratio(5, 0.4, 10) == pytest.approx(0.8)
+    assert keep_ratio(10, 0.4, 10) == pytest.approx(0.6)
+    assert keep_ratio(50, 0.4, 10) == pytest.approx(0.6)
+
+
+def test_coteaching_selects_the_lowest_loss_fraction_and_exchanges():
+    loss = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2])
+    peer_loss = torch.tensor([0.1, 0.8, 0.2, 0.9, 0.3, 0.6])
+    for_model, for_peer = small_loss_exchange(loss, peer_loss, 0.5)
+    assert sorted(for_model.tolist()) == [0, 2, 4]  # the peer's three smallest losses
+    assert sorted(for_peer.tolist()) == [1, 3, 5]  # the model's three smallest losses
+    assert len(small_loss_exchange(loss, peer_loss, 1.0)[0]) == 6
+
+
+def test_coteaching_forget_rate_is_required():
+    with pytest.raises(ValueError, match="forget_rate"):
+        METHODS["coteaching"].Config.model_validate({})
+
+
+def test_coteaching_step_trains_each_network_on_the_samples_the_other_kept():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    method = make_method("coteaching", labels, forget_rate=0.5, ramp_epochs=2)
+    models = method.build_models()
+    optimizers = method.build_optimizers(models)
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in models.items()}
+    x = torch.randn(6, 2)
+    ce = {name: F.cross_entropy(m(x), labels, reduction="none").detach() for name, m in models.items()}
+    keep_model = torch.topk(ce["model"], 3, largest=False).indices  # keep = 1 - 0.5 at epoch 2
+    keep_peer = torch.topk(ce["peer"], 3, largest=False).indices
+    assert set(keep_model.tolist()) != set(keep_peer.tolist())  # otherwise the exchange is not tested
+
+    out = method.train_step(Batch(images=x, idx=torch.arange(6)), labels, models, optimizers, FakeAccelerator(), 2)
+
+    for name, trained_on in (("model", keep_peer), ("peer", keep_model)):
+        ref = nn.Linear(2, 3)
+        with torch.no_grad():
+            for r, p in zip(ref.parameters(), before[name]):
+                r.copy_(p)
+        F.cross_entropy(ref(x[trained_on]), labels[trained_on]).backward()
+        for p, p0, r in zip(models[name].parameters(), before[name], ref.parameters()):
+            torch.testing.assert_close(p.detach(), p0 - r.grad)  # SGD lr 1: one step on the exchanged samples
+    assert out.terms["loss"].item() == pytest.approx(ce["model"][keep_peer].mean().item(), rel=1e-5)
+    expected = np.zeros(6)
+    expected[keep_model.numpy()] += 1
+    expected[keep_peer.numpy()] += 1
+    np.testing.assert_array_equal(method.store[SELECTED], expected)
+
+
+def test_coteaching_selection_auroc_scores_wrong_labels_kept_less():
+    noisy, clean = [0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 1, 2, 0, 0]  # idx 3, 4, 5 are wrong
+    method = make_method("coteaching", noisy, clean=clean, forget_rate=0.3)
+    method.store.set(SELECTED, torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([2.0, 2.0, 1.0, 0.0, 1.0, 0.0]))
+    row = method.on_epoch_end(3)
+    assert row["keep_ratio"] == pytest.approx(1 - 0.3 * 0.3)
+    # right labels {2, 2, 1} vs wrong {0, 1, 0}: 8 of 9 pairs ordered, 1 tie -> 8.5 / 9; idx 6 unseen
+    assert row["selection_auroc"] == pytest.approx(8.5 / 9)
+    assert "selection_auroc" not in make_method("coteaching", noisy, forget_rate=0.3).on_epoch_end(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.parametrize("name,params,keys", [
+    ("gce", (), ()),
+    ("sce", ("method.params.alpha=6.0", "method.params.beta=0.1"), ()),
+    ("elr", ("method.params.lam=7", "method.params.beta=0.9"), ("corrected", "broken", "soft_label_acc")),
+    ("coteaching", ("method.params.forget_rate=0.36", "method.params.ramp_epochs=1", "epochs=2"),
+     ("keep_ratio", "selection_auroc")),
+])
+def test_baseline_trains_end_to_end_on_the_tiny_dataset(tiny_dataset, tmp_path, name, params, keys):
+    assert main(_args(tiny_dataset, tmp_path, "epochs=1", f"method.name={name}", *params)) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    row = results["history"][-1]
+    assert results["method"] == name and np.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
+    for key in keys:
+        assert key in row and np.isfinite(row[key])
+    if name == "coteaching":
+        assert row["keep_ratio"] == pytest.approx(0.64)
