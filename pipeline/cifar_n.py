@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.dataset import first_out_of_range
+from pipeline.errors import UserError
 from pipeline.noise import CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,12 @@ LABEL_SETS = {
     "cifar10n-worse": ("cifar10", "worse_label"),
     "cifar100n-noisy": ("cifar100", "noisy_label"),
 }
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _FOLDER_KEY = re.compile(r"^(?P<split>[^/]+)/(?P<cls>[^/]+)/(?P<num>\d+)\.\w+$")
 _PICKLE_KEY = re.compile(r"^[^/:]+:\d+$")
 
 
-class CifarNError(ValueError):
+class CifarNError(UserError, ValueError):
     """A CIFAR-N file is unreadable or does not fit the dataset; the message names the file."""
 
 
@@ -101,6 +104,12 @@ def load(path: str | Path) -> CifarNLabels:
     if "clean_label" not in arrays:
         raise CifarNError(f"{path}: no 'clean_label' array (found {sorted(raw)})")
     dataset = "cifar100" if "noisy_label" in arrays else "cifar10"
+    label_keys = {"clean_label"} | {key for want, key in LABEL_SETS.values() if want == dataset}
+    for name in sorted(label_keys & set(arrays)):
+        bad = first_out_of_range(arrays[name], NUM_CLASSES[dataset])
+        if bad is not None:
+            raise CifarNError(f"{path}: {name}[{bad}] = {arrays[name][bad]} is outside [0, {NUM_CLASSES[dataset]}) of "
+                              f"{dataset}; the file is damaged or not a CIFAR-N file")
     lengths = {k: len(v) for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise CifarNError(f"{path}: arrays differ in length {lengths}")
@@ -166,6 +175,9 @@ def join(
         raise CifarNError(f"{cn.path} is a {cn.dataset} CIFAR-N file; {name} needs the {want} one")
     if key not in cn.arrays:
         raise CifarNError(f"{cn.path}: has no {key!r} array for {name} (found {sorted(cn.arrays)})")
+    if len(classes) != NUM_CLASSES[cn.dataset] or (cn.dataset == "cifar10" and set(classes) != set(CIFAR10_CLASSES)):
+        raise CifarNError(f"{cn.path} holds {cn.dataset} labels, but the dataset has {len(classes)} other classes "
+                          f"({', '.join(classes[:4])}, ...); use the CIFAR-N file of this dataset")
     if len(source_keys) != len(cn):
         raise CifarNError(
             f"{cn.path} has {len(cn)} labels but the split has {len(source_keys)} samples; CIFAR-N labels "

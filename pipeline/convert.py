@@ -13,7 +13,6 @@ input (a corrupt image, a bad list line) discards the partial state.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import logging
 import os
@@ -28,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import cifar_n, noise, shard_stream
-from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
+from pipeline.dataset import (FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry,
+                              first_out_of_range)
+from pipeline.errors import UserError
+from pipeline.locks import LOCK_FILE, FolderLock
 from pipeline.provenance import code_version
 from pipeline.shards import ShardWriter, read_shard, sha256_file  # noqa: F401  (ShardWriter: tests patch it here)
 from pipeline.sources import Source, SourceError, decode_image, open_source
@@ -39,7 +41,7 @@ LABEL_DIR = "labels"
 _FILE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError, ValueError):
     """The conversion cannot go on; the message says which file or option and what to do."""
 
 
@@ -144,9 +146,9 @@ def read_label_file(path: Path, n: int, num_classes: int) -> np.ndarray:
         raise ConvertError(f"{path}: labels must be a 1-d integer array, got shape {labels.shape} dtype {labels.dtype}")
     if len(labels) != n:
         raise ConvertError(f"{path}: has {len(labels)} labels but the split has {n} samples")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if len(bad):
-        raise ConvertError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside [0, {num_classes})")
+    bad = first_out_of_range(labels, num_classes)
+    if bad is not None:
+        raise ConvertError(f"{path}: label {labels[bad]} at index {bad} is outside [0, {num_classes})")
     return labels.astype(np.int64)
 
 
@@ -335,23 +337,6 @@ def _precheck_counts(req: LabelRequests, n: int, num_classes: int) -> None:
 _INPUT_ERRORS = (ConvertError, SourceError, cifar_n.CifarNError, noise.NoiseSpecError)
 
 
-class _Lock:
-    """An exclusive lock on the partial directory, so two conversions never write it at once."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = open(path, "a")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.close()
-            raise ConvertError(f"{path.parent} is being written by another make_shards; wait for it or stop it") from None
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-        self.file.close()
-
-
 def _fingerprint(cfg: ConvertConfig, source: Source) -> str:
     parts = {
         "format_version": FORMAT_VERSION,
@@ -390,12 +375,13 @@ def convert(cfg: ConvertConfig) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_dir(cfg.out, cfg.name)
     tmp.mkdir(exist_ok=True)
-    lock = _Lock(tmp / ".lock")
+    lock = FolderLock(tmp, f"{tmp} is being written by another make_shards (pid {{pid}}); wait for it to finish or "
+                           f"stop it")
     fp = _fingerprint(cfg, source)
     journal = shard_stream.Journal(tmp, fp) if cfg.restart else shard_stream.Journal.load(tmp, fp)
     if not journal.num_done():
         for p in tmp.iterdir():  # stale files of another conversion
-            if p.name != ".lock":
+            if p.name != LOCK_FILE:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     else:
         log.warning("%s: resuming (%d shards already written)", tmp, journal.num_done())
@@ -408,13 +394,17 @@ def convert(cfg: ConvertConfig) -> Path:
         for split_name, src_split in source.splits.items():
             n = len(src_split.records)
             perm = _split_seed(cfg.seed, split_name).permutation(n)  # perm[idx] = source position
-            shards, exts = shard_stream.write_split(
+            shards, stats = shard_stream.write_split(
                 tmp, split_name, src_split.records, perm, cfg.samples_per_shard, journal, _where_fn(source),
                 pool=pool, resize_shorter=cfg.resize_shorter, quality=cfg.jpeg_quality, progress=cfg.progress,
                 desc=f"{cfg.name}/{split_name}",
             )
-            all_exts |= exts
+            all_exts |= stats.exts
             splits[split_name] = _split_entry(tmp, source, src_split, split_name, perm, shards, cfg, needs_pixels)
+            splits[split_name].image_size_min, splits[split_name].image_size_max = stats.size_min, stats.size_max
+            if stats.size_min != stats.size_max:
+                log.warning("%s/%s: images from %dx%d to %dx%d px; train them with data.transform=imagenet (the cifar "
+                            "transform needs images of one size)", cfg.name, split_name, *stats.size_min, *stats.size_max)
         if pool is not None:
             pool.shutdown()
             pool = None
@@ -459,7 +449,7 @@ def convert(cfg: ConvertConfig) -> Path:
                             "continue (or add --restart to start over)", journal.num_done(), tmp)
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
-            lock.file.close()
+            lock.release(remove=False)
     log.info("wrote %s", final)
     return final
 

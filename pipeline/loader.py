@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from pipeline.batch import Batch
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, DatasetError
 from pipeline.sampling import BalancedEpochs
 from pipeline.transforms import TransformConfig, check_views
 
@@ -188,7 +188,7 @@ def make_loader(
     exclude = check_exclude(exclude, n, f"split {split!r} of {dataset.path}")
     kept = n - (int(exclude.sum()) if exclude is not None else 0)
     if kept // num_processes == 0:
-        raise ValueError(
+        raise DatasetError(
             f"split {split!r} of {dataset.path} has {kept} samples to load, fewer than the "
             f"{num_processes} processes: every process needs at least one"
         )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # CIFAR-10 asymmetric protocol (Patrini et al. 2017): visually similar classes, by name.
 CIFAR10_ASYM_MAP = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
@@ -212,7 +214,7 @@ ACCEPTED_FORMS = (
 )
 
 
-class NoiseSpecError(ValueError):
+class NoiseSpecError(UserError, ValueError):
     """A label-set name that is not one of the accepted forms."""
 
 

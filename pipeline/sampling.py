@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from pipeline.errors import ConfigError
+
 _STREAM = zlib.crc32(b"class-balanced-epoch")
 
 
@@ -115,7 +117,7 @@ class BalancedEpochs:
         drawn = self.steps(batch_size, num_processes) * batch_size * num_processes
         available = len(self.labels) - (int(exclude.sum()) if exclude is not None else 0)
         if drawn > available:
-            raise ValueError(
+            raise ConfigError(
                 f"data.epoch_samples={self.samples} draws {drawn} samples an epoch (whole batches of {batch_size} in "
                 f"each of {num_processes} processes) but only {available} training samples are available "
                 f"(the clean subset, if any, is left out): lower data.epoch_samples, or leave it unset to use them all"

@@ -19,9 +19,12 @@ import io
 import json
 import logging
 import os
+import signal
+import threading
+import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +33,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.shards import ShardInfo, ShardWriter, sha256_file
-from pipeline.sources import Record, SourceError, decode_image
+from pipeline.sources import Record, decode_image
+from pipeline.sources.base import image_error
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +47,20 @@ CHUNK = 64  # records per worker task: large enough to amortise the task overhea
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_image(data: bytes, ext: str, where: str, resize_shorter: int | None, quality: int) -> tuple[bytes, str]:
+def encode_image(data: bytes, ext: str, where: str, resize_shorter: int | None,
+                 quality: int) -> tuple[bytes, str, tuple[int, int]]:
     """Verifies an image by decoding it; with ``resize_shorter`` an image whose shorter side is longer
-    is resized to it (aspect kept, bicubic) and re-encoded as JPEG; smaller ones keep their bytes."""
+    is resized to it (aspect kept, bicubic) and re-encoded as JPEG; smaller ones keep their bytes.
+    Returns (bytes, ext, (width, height) as stored)."""
     if resize_shorter is None:
-        decode_image(data, where)
-        return data, ext
+        return data, ext, decode_image(data, where).size
     try:
         image = Image.open(io.BytesIO(data))
         w, h = image.size
         short = min(w, h)
         if short <= resize_shorter:
             image.load()
-            return data, ext
+            return data, ext, (w, h)
         scale = resize_shorter / short
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image.draft(None, size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that stays >= size (much faster)
@@ -64,18 +69,38 @@ def encode_image(data: bytes, ext: str, where: str, resize_shorter: int | None, 
             image = image.convert("RGB")
         resized = image.resize(size, Image.BICUBIC)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise SourceError(
-            f"{where}: corrupt or unreadable image ({type(err).__name__}: {err}); "
-            f"remove or replace the file and convert again"
-        ) from err
+        raise image_error(where, err) from err
     buf = io.BytesIO()
     resized.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue(), "jpg"
+    return buf.getvalue(), "jpg", size
 
 
 def _encode_chunk(items: list[tuple[int, Record, str]], resize_shorter: int | None, quality: int):
-    """[(idx, record, where)] -> [(idx, bytes, ext)] in the same order."""
+    """[(idx, record, where)] -> [(idx, bytes, ext, (width, height))] in the same order."""
     return [(idx, *encode_image(rec.read(), rec.ext, where, resize_shorter, quality)) for idx, rec, where in items]
+
+
+@dataclass
+class SplitStats:
+    """What a split's images are like: member extensions and the range of (width, height) stored."""
+
+    exts: set[str] = field(default_factory=set)
+    size_min: tuple[int, int] | None = None
+    size_max: tuple[int, int] | None = None
+
+    def add(self, ext: str, size: tuple[int, int]) -> None:
+        self.exts.add(ext)
+        self.size_min = size if self.size_min is None else (min(self.size_min[0], size[0]), min(self.size_min[1], size[1]))
+        self.size_max = size if self.size_max is None else (max(self.size_max[0], size[0]), max(self.size_max[1], size[1]))
+
+    def to_json(self) -> dict:
+        return {"exts": sorted(self.exts), "size_min": self.size_min, "size_max": self.size_max}
+
+    @classmethod
+    def from_json(cls, saved: dict) -> "SplitStats":
+        size_min, size_max = saved.get("size_min"), saved.get("size_max")
+        return cls(set(saved.get("exts", [])), tuple(size_min) if size_min else None,
+                   tuple(size_max) if size_max else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +148,7 @@ class Journal:
                     break
                 good.append(shard)
             complete = state.get("complete", False) and len(good) == len(state.get("shards", []))
-            journal.splits[split] = {"shards": good, "exts": state.get("exts", []), "complete": complete}
+            journal.splits[split] = {"shards": good, "stats": state.get("stats", {}), "complete": complete}
         return journal
 
     def done(self, split: str) -> list[ShardInfo]:
@@ -132,11 +157,11 @@ class Journal:
     def is_complete(self, split: str) -> bool:
         return self.splits.get(split, {}).get("complete", False)
 
-    def exts(self, split: str) -> set[str]:
-        return set(self.splits.get(split, {}).get("exts", []))
+    def stats(self, split: str) -> SplitStats:
+        return SplitStats.from_json(self.splits.get(split, {}).get("stats", {}))
 
-    def record(self, split: str, shards: list[ShardInfo], exts: set[str], complete: bool) -> None:
-        self.splits[split] = {"shards": [asdict(s) for s in shards], "exts": sorted(exts), "complete": complete}
+    def record(self, split: str, shards: list[ShardInfo], stats: SplitStats, complete: bool) -> None:
+        self.splits[split] = {"shards": [asdict(s) for s in shards], "stats": stats.to_json(), "complete": complete}
         tmp = self.path.with_name(f".{JOURNAL}.tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "splits": self.splits}))
         os.replace(tmp, self.path)
@@ -150,9 +175,24 @@ class Journal:
 # ---------------------------------------------------------------------------------------------
 
 
+def _init_worker(parent: int) -> None:
+    """Ctrl-C is the main process's to handle (it stops the pool; no traceback per worker), and a
+    worker exits when its parent is gone (killed with -9, it cannot stop the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def make_pool(workers: int) -> Executor | None:
     """A process pool of `workers` (None: encode in this process)."""
-    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(os.getpid(),))
 
 
 def write_split(
@@ -168,16 +208,16 @@ def write_split(
     quality: int = 90,
     progress: bool = True,
     desc: str = "",
-) -> tuple[list[ShardInfo], set[str]]:
+) -> tuple[list[ShardInfo], SplitStats]:
     """Writes records[perm[idx]] for idx = 0..N-1 into shards, continuing after the journal's completed
-    shards; returns (all shards, image exts)."""
+    shards; returns (all shards, what the images are like)."""
     n = len(perm)
     if journal.is_complete(split):
         log.info("%s: complete in the journal (%d shards); skipping", split, len(journal.done(split)))
-        return journal.done(split), journal.exts(split)
+        return journal.done(split), journal.stats(split)
     writer = ShardWriter(directory, split, samples_per_shard)
     writer.shards = journal.done(split)
-    exts = journal.exts(split) if writer.shards else set()
+    stats = journal.stats(split) if writer.shards else SplitStats()
     start = len(writer.shards) * samples_per_shard
     if start:
         log.info("%s: resuming at idx %d (%d shards done)", split, start, len(writer.shards))
@@ -205,12 +245,12 @@ def write_split(
             results = head.result() if isinstance(head, Future) else head
             if next_idx < n:
                 submit()
-            for idx, data, ext in results:
+            for idx, data, ext, size in results:
                 before = len(writer.shards)
                 writer.write(idx, data, ext)
-                exts.add(ext)
+                stats.add(ext, size)
                 if len(writer.shards) != before:
-                    journal.record(split, writer.shards, exts, complete=False)
+                    journal.record(split, writer.shards, stats, complete=False)
             bar.update(len(results))
     finally:
         bar.close()
@@ -218,5 +258,5 @@ def write_split(
             if isinstance(f, Future):
                 f.cancel()
     shards = writer.close()
-    journal.record(split, shards, exts, complete=True)
-    return shards, exts
+    journal.record(split, shards, stats, complete=True)
+    return shards, stats

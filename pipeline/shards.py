@@ -55,6 +55,8 @@ class ShardInfo:
     num_samples: int
     tar_sha256: str
     index_sha256: str
+    tar_bytes: int | None = None  # None in journals of older conversions
+    index_bytes: int | None = None
 
 
 class ShardWriter:
@@ -115,6 +117,8 @@ class ShardWriter:
                 num_samples=len(self._index_lines),
                 tar_sha256=sha256_file(tar_path),
                 index_sha256=sha256_file(index_path),
+                tar_bytes=tar_path.stat().st_size,
+                index_bytes=index_path.stat().st_size,
             )
         )
 

@@ -17,6 +17,8 @@ Examples:
   python tools/make_shards.py --source ANIMAL-10N --name animal10n --out data
   python tools/make_shards.py --source Food-101N_release --food101 food-101 --name food101n --out data \
       --resize-shorter 256
+  # check every file of a converted dataset against its manifest (sha256) and list each bad one
+  python tools/make_shards.py --verify cifar10 --out data
 
 A conversion that stops (Ctrl-C, a crash, a full disk) keeps its complete shards in
 <out>/.<name>.partial; running the same command again continues from there.
@@ -36,10 +38,10 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import cifar_n, noise
-from pipeline.cifar_n import CifarNError
-from pipeline.convert import ConvertConfig, ConvertError, LabelRequests, add_label_sets, convert
-from pipeline.dataset import DatasetError
-from pipeline.sources import FORMATS, SourceError, resolve_source
+from pipeline.convert import ConvertConfig, LabelRequests, add_label_sets, convert, partial_dir
+from pipeline.dataset import Dataset
+from pipeline.errors import UserError, describe_os_error
+from pipeline.sources import FORMATS, resolve_source
 
 log = logging.getLogger("make_shards")
 
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where download: sources are kept (default: %(default)s)")
 
     out = p.add_argument_group("output")
-    out.add_argument("--name", required=True, help="dataset name: the directory <out>/<name>")
+    out.add_argument("--name", help="dataset name: the directory <out>/<name> (required)")
     out.add_argument("--out", metavar="DIR", default="data", help="root of converted datasets (default: %(default)s)")
     out.add_argument("--samples-per-shard", type=int, metavar="S", default=5000, help="samples per .tar shard (default: %(default)s)")
     out.add_argument("--seed", type=int, default=0, help="seed of the idx permutation of every split (default: %(default)s)")
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_argument_group("mode")
     mode.add_argument("--add-label-set", action="store_true",
                       help="add the label sets / mask to the existing <out>/<name> without touching its shards")
+    mode.add_argument("--verify", metavar="NAME", help="check every file of <out>/NAME against its manifest (existence, "
+                      "size, sha256), list each bad one, exit 1 if any")
     mode.add_argument("--no-progress", action="store_true", help="no progress bars")
     mode.add_argument("-v", "--verbose", action="store_true", help="log details (realised noise rates, files)")
     return p
@@ -126,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verify:
+        return _verify(Path(args.out) / args.verify, progress=not args.no_progress)
+    if not args.name:
+        parser.error("--name is required (the dataset directory <out>/<name>)")
     if args.add_label_set == bool(args.source):
         parser.error("give --source to convert, or --add-label-set to add to an existing dataset (not both)")
     seed_subset = args.clean_subset_seed if args.clean_subset_seed is not None else args.seed
@@ -164,14 +172,37 @@ def main(argv: list[str] | None = None) -> int:
             restart=args.restart,
         )
         path = convert(cfg)
-    except (ConvertError, SourceError, CifarNError, DatasetError, noise.NoiseSpecError) as err:
+    except UserError as err:  # anything else is a bug and keeps its traceback
         print(f"make_shards: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        log.debug("OSError", exc_info=True)
+        partial = partial_dir(Path(args.out), args.name)
+        kept = f"; complete shards are kept in {partial}: run the same command again to continue" if partial.exists() else ""
+        print(f"make_shards: error: {describe_os_error(err, '--out')}{kept}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"make_shards: interrupted; run the same command again to continue from "
-              f"{Path(args.out) / f'.{args.name}.partial'}", file=sys.stderr)
+              f"{partial_dir(Path(args.out), args.name)}", file=sys.stderr)
         return 130
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _verify(path: Path, progress: bool) -> int:
+    """--verify: every file of the dataset against the manifest; 0 when all match."""
+    try:
+        found = Dataset(path).problems(progress=progress)
+    except UserError as err:
+        print(f"make_shards: error: {err}", file=sys.stderr)
+        return 2
+    for line in found:
+        print(f"bad: {line}", file=sys.stderr)
+    if found:
+        print(f"make_shards: {len(found)} file(s) of {path} do not match the manifest; re-convert it with --force",
+              file=sys.stderr)
+        return 1
+    print(f"{path}: every file matches the manifest")
     return 0
 
 

@@ -13,6 +13,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "dump_config", "load_config"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -96,10 +100,6 @@ class Config(_Section):
     @property
     def resolved_run_name(self) -> str:
         return self.run_name or f"{self.data.name}-{self.data.label_set}-{self.method.name}-s{self.seed}"
-
-
-class ConfigError(ValueError):
-    """A recipe or override is wrong; the message names the file or key."""
 
 
 def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:

@@ -15,8 +15,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.dataset import DatasetError  # noqa: E402
-from training.config import ConfigError, load_config  # noqa: E402
+from pipeline.errors import UserError, describe_os_error  # noqa: E402
+from training.config import load_config  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
         trainer = Trainer(config, resume=args.resume)
         results = trainer.fit()
-    except (ConfigError, DatasetError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except UserError as err:  # anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        logging.getLogger("run").debug("OSError", exc_info=True)
+        print(f"error: {describe_os_error(err, 'out_dir=... (or data.root=...)')}", file=sys.stderr)
+        return 1
     if trainer.accelerator.is_main_process:
         print(f"\n{config.resolved_run_name}: {config.method.name} on {config.data.name} / {config.data.label_set}")
         print(format_table(results["history"]))

@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {"jpg": "jpg", "jpeg": "jpg", "png": "png"}  # file suffix (lower case) -> shard member ext
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The raw dataset is missing, malformed or holds a corrupt image; the message names the file."""
 
 
@@ -125,11 +127,17 @@ def decode_image(data: bytes, where: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise SourceError(
-            f"{where}: corrupt or unreadable image ({type(err).__name__}: {err}); "
-            f"remove or replace the file and convert again"
-        ) from err
+        raise image_error(where, err) from err
     return image
+
+
+def image_error(where: str, err: Exception) -> SourceError:
+    """The error for an image PIL cannot read, naming the file (PIL's own message names a BytesIO)."""
+    if isinstance(err, UnidentifiedImageError):
+        reason = "not in an image format Pillow can identify"
+    else:
+        reason = f"{type(err).__name__}: {err}"
+    return SourceError(f"{where}: corrupt or unreadable image ({reason}); remove or replace the file and convert again")
 
 
 def image_ext(name: str, where: str) -> str:

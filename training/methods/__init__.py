@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from pipeline.errors import ConfigError
 from training.methods.alr import ALR
 from training.methods.base import Method, MethodContext
 from training.methods.ce import CE

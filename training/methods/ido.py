@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
+from pipeline.errors import ConfigError
 from pipeline.loader import part_bounds
 from state.spec import ArraySpec
 from training.evaluation import auroc
@@ -145,7 +146,7 @@ class IDO(Method):
     def __init__(self, config: IDOConfig, ctx: MethodContext):
         super().__init__(config, ctx)
         if config.stage1_epochs >= ctx.epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"method.params.stage1_epochs={config.stage1_epochs} leaves no stage 2 in a run of {ctx.epochs} "
                 f"epochs: set method.params.stage1_epochs below epochs (stage 2 = the remaining epochs)"
             )

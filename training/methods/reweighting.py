@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.errors import ConfigError
 from training.evaluation import auroc
 from training.methods.lookahead import forward_with, lookahead
 
@@ -37,7 +38,7 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     counts = torch.bincount(labels, minlength=num_classes).to(torch.float32)  # (C,)
     missing = torch.nonzero(counts == 0).flatten().tolist()
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"the clean meta subset has no sample of class(es) {missing[:10]} (of {num_classes}); the surrogate "
             f"needs every class in it: make a class-balanced mask with tools/make_shards.py --clean-subset M"
         )

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
+from pipeline.errors import ConfigError
 from state.spec import ArraySpec
 from training.evaluation import gather_by_idx
 from training.methods.base import DataNeeds, Method, StepOutput
@@ -64,7 +65,7 @@ class Surrogate(Method):
     def __init__(self, config: SurrogateConfig, ctx):
         super().__init__(config, ctx)
         if ctx.num_classes < 2:
-            raise ValueError(f"method 'surrogate' needs at least 2 classes, the dataset has {ctx.num_classes}")
+            raise ConfigError(f"method 'surrogate' needs at least 2 classes, the dataset has {ctx.num_classes}")
         self._epoch = -1  # epoch whose start-of-epoch work is done
         self._mu: torch.Tensor | None = None  # (D,) class-balanced clean mean
         self._centres: torch.Tensor | None = None  # (C, D) clean class means - mu

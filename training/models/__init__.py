@@ -10,6 +10,7 @@ from typing import Callable
 
 from torch import nn
 
+from pipeline.errors import ConfigError
 from training.models.resnet_cifar import resnet18, resnet32, resnet34
 from training.models.pretrained import load_backbone
 from training.models.resnet_imagenet import ResNet50
@@ -31,7 +32,7 @@ def build_model(name: str, num_classes: int, pretrained: str | None = None) -> n
     """A fresh model; with `pretrained` (weights file or "auto") its backbone is loaded from local
     files, and a missing file is an error naming it (never a silent random init)."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"model.name: unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     model = MODELS[name](num_classes)
     if pretrained is not None:
         load_backbone(model, name, pretrained)

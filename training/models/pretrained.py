@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(UserError, FileNotFoundError):
     """Pretrained weights were asked for and cannot be found or do not fit; the message says what to do."""
 
 
