@@ -23,7 +23,7 @@ from pipeline.batch import Batch
 from state.store import SampleStore
 from training.methods import METHODS
 from training.methods.base import MethodContext
-from training.methods.beta_mixture import EDGE, BetaMixture, normalise_counts
+from training.methods.beta_mixture import EDGE, BetaMixture, normalise_counts, scale_counts
 from training.methods.ido import COUNTS_PLOT_DIR, CUR_PRED, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +42,9 @@ class FakeAccelerator:
         return model
 
 
-def make_method(tmp_path, *, n=12, k=3, epochs=3, clean=None, **params) -> IDO:
+def make_method(tmp_path, *, n=12, k=3, epochs=3, clean=None, labels=None, **params) -> IDO:
     g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, k, (n,), generator=g)
+    labels = torch.randint(0, k, (n,), generator=g) if labels is None else torch.as_tensor(labels)
     ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=labels,
                         clean_labels=None if clean is None else torch.as_tensor(clean), epochs=epochs,
                         base_lr=1e-3,
@@ -116,6 +116,17 @@ def test_posteriors_follow_the_spec_formulas():
     assert post.p[0] > 0.9 > 0.1 > post.p[2]
 
 
+def test_counts_above_the_fit_max_are_outside_both_components():
+    mixture = BetaMixture(a=np.array([[1.5, 6.0]]), b=np.array([[6.0, 1.5]]), pi=np.array([[0.7, 0.3]]))
+    x = scale_counts(np.array([0, 4, 5, 9]), np.zeros(4, dtype=int), np.array([0.0]), np.array([4.0]))
+    assert x[1] < 1 < x[2]
+    post = mixture.posteriors(x, np.zeros(4, dtype=int))
+    np.testing.assert_array_equal(post.p[2:], 0.0)
+    np.testing.assert_array_equal(post.q[2:], 0.0)
+    np.testing.assert_array_equal(post.eps[2:], 0.0)
+    assert post.p[0] > 0.9 and post.q[1] > 0.9
+
+
 def test_normalise_counts_is_classwise_with_equal_counts_at_half():
     counts = np.array([0, 5, 10, 3, 3, 7, 100])
     labels = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -131,7 +142,8 @@ def test_normalise_counts_is_classwise_with_equal_counts_at_half():
 # The loss
 
 
-def test_ido_loss_equals_a_hand_computed_value():
+@pytest.mark.parametrize("entropy", ["batch", "per_sample"])
+def test_ido_loss_equals_a_hand_computed_value(entropy):
     u = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     v = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     labels = torch.tensor([0, 1])
@@ -141,31 +153,41 @@ def test_ido_loss_equals_a_hand_computed_value():
         e = [math.exp(t) for t in z]
         return [t / sum(e) for t in e]
 
-    total = 0.0
+    weighted, confidences, weighted_entropies, per_sample = 0.0, [], [], 0.0
     for i in range(2):
         ui, vi, y = u[i].tolist(), v[i].tolist(), int(labels[i])
         ce = -math.log(softmax(ui)[y]) - math.log(softmax(vi)[y])
         mse = sum((a - b) ** 2 for a, b in zip(ui, vi)) / 3
         mean_p = [min(max((a + b) / 2, 1e-4), 1 - 1e-4) for a, b in zip(softmax(ui), softmax(vi))]
         c, h = max(mean_p), -sum(t * math.log(t) for t in mean_p)
-        total += float(p[i]) * ce + float(eps[i]) * mse + (1 - float(p[i])) * c * h
-    out = ido_loss(u, v, labels, p, eps)
-    assert out["loss"].item() == pytest.approx(total / 2, rel=1e-6)
-    assert (out["ce"] + out["consistency"] + out["entropy"]).item() == pytest.approx(total / 2, rel=1e-6)
+        weighted += (float(p[i]) * ce + float(eps[i]) * mse) / 2
+        confidences.append(c)
+        weighted_entropies.append((1 - float(p[i])) * h)
+        per_sample += (1 - float(p[i])) * c * h / 2
+    ent = sum(confidences) / 2 * sum(weighted_entropies) / 2 if entropy == "batch" else per_sample
+    out = ido_loss(u, v, labels, p, eps, entropy)
+    assert out["loss"].item() == pytest.approx(weighted + ent, rel=1e-6)
+    assert out["entropy"].item() == pytest.approx(ent, rel=1e-6)
+    assert (out["ce"] + out["consistency"] + out["entropy"]).item() == pytest.approx(weighted + ent, rel=1e-6)
 
 
-def test_ido_loss_uses_per_sample_products_not_a_batch_broadcast():
+def test_entropy_batch_couples_the_samples_and_per_sample_does_not():
+    """p = 1 for sample 0 removes its own entropy weight; only the batch form (mean c times mean
+    (1 - p) H, the authors' broadcast) still lets its confidence scale the others' terms."""
     u = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     v = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 2, 3, 0])
-    p = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])  # only sample 0 has a CE term, only 1.. an entropy term
-    full = ido_loss(u, v, labels, p, torch.zeros(5))
-    alone = ido_loss(u[1:2], v[1:2], labels[1:2], p[1:2], torch.zeros(1))
-    assert full["entropy"].item() * 5 > alone["entropy"].item() - 1e-6  # sample 1's term is in the batch sum
-    # changing sample 0 (p = 1, no entropy weight) must not change the entropy term of the batch
+    p = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
     u2 = u.clone()
-    u2[0] = torch.tensor([9.0, -9.0, 0.0, 0.0])
-    assert ido_loss(u2, v, labels, p, torch.zeros(5))["entropy"].item() == pytest.approx(full["entropy"].item())
+    u2[0] = torch.tensor([9.0, -9.0, 0.0, 0.0])  # sample 0 becomes confident
+    v2 = v.clone()
+    v2[0] = u2[0]
+    zero = torch.zeros(5)
+    per = [ido_loss(a, b, labels, p, zero, "per_sample")["entropy"].item() for a, b in ((u, v), (u2, v2))]
+    batch = [ido_loss(a, b, labels, p, zero, "batch")["entropy"].item() for a, b in ((u, v), (u2, v2))]
+    assert per[0] == pytest.approx(per[1])
+    assert batch[1] > batch[0] * 1.05
+    assert batch[0] != pytest.approx(per[0], rel=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,3 +404,59 @@ def test_stage2_cosine_lr_decays_per_epoch_to_the_minimum(tmp_path):
     assert lrs[0] == pytest.approx(base)
     assert lrs[2] == pytest.approx(1e-4 + (base - 1e-4) * 0.5)  # half-way through stage 2
     assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] > 1e-4
+
+
+class Probe(nn.Module):
+    """A backbone + head `fc`, like the registry's models."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3, 3))
+        self.fc = nn.Linear(3, k)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def test_stage2_weights_come_from_the_live_counts_after_adding_the_batch(tmp_path):
+    """Between refits p and eps follow the counts: the batch's wrong events are added first, and a
+    sample pushed above its class's max of the last fit loses its CE weight in the same step."""
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    method = make_method(tmp_path, n=8, k=2, epochs=3, labels=labels, stage1_epochs=1)
+    idx = torch.arange(8)
+    method.store.add(WRONG_EVENT, idx, torch.tensor([0, 1, 2, 6, 0, 1, 2, 6], dtype=torch.int32))
+    method.store.set(CUR_PRED, idx, torch.zeros(8, dtype=torch.int32))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():  # always predicts class 0: the label-1 samples are wrong in both views
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([5.0, 0.0]))
+    method.bind(model, FakeAccelerator())
+    method.on_epoch_end(0)  # first fit, ranges per class = [0, 6]
+    fitted_p = method._p.clone()
+    batch_idx = torch.tensor([3, 7])  # both at their class max; 7 gets +2, 3 is right (+0)
+    images = torch.rand(2, 3, 1, 1)
+    batch = Batch(images=images, idx=batch_idx, views={"weak": images, "strong": images})
+    seen = {}
+    real = method.live_posteriors
+    method.live_posteriors = lambda i: seen.setdefault("pe", real(i))
+    method.train_step(batch, labels[batch_idx], {"model": model}, {"model": torch.optim.SGD(model.parameters(), lr=0.0)},
+                      FakeAccelerator(), 1)
+    p, eps = seen["pe"]
+    np.testing.assert_array_equal(method.store[WRONG_EVENT][[3, 7]], [6, 8])
+    assert p[1].item() == 0.0 and eps[1].item() == 0.0 and fitted_p[7].item() > 0  # above the max: no CE weight
+    assert p[0].item() == pytest.approx(fitted_p[3].item(), rel=1e-6)  # unchanged count, unchanged p
+    method.store.add(WRONG_EVENT, torch.tensor([1]), torch.tensor([4], dtype=torch.int32))  # 1 -> 5 of 6, no refit
+    assert real(torch.tensor([1]))[0].item() < fitted_p[1].item() - 0.05
+
+
+def test_frozen_stage1_updates_only_the_head(tmp_path):
+    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1, stage1_frozen=True)
+    torch.manual_seed(0)
+    model = Probe(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    batch = Batch(images=torch.rand(4, 3, 1, 1), idx=torch.arange(4))
+    method.train_step(batch, method.ctx.noisy_labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), 0)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("body."))
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])

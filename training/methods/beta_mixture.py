@@ -6,7 +6,7 @@ over samples and classes (np.bincount by class), so a fit over 50k samples and 1
 few milliseconds per EM iteration.
 
     x      = normalise_counts(counts, labels, C)         # (N,) in (0, 1), class-wise min/max
-    m      = BetaMixture.initial(C); m.fit(x, labels, 20)  # first fit; later m.fit(x, labels, 1) warm-started
+    m      = BetaMixture.initial(C); m.fit(x, labels, 20)  # first fit; later m.fit(x, labels, 2) warm-started
     post   = m.posteriors(x, labels)                     # p, q, F0, F1, eps per sample
 
 EM (as the authors' code does it, written anew):
@@ -52,11 +52,19 @@ def normalise_counts(counts: np.ndarray, labels: np.ndarray, num_classes: int, *
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     active = np.ones(counts.shape, dtype=bool) if active is None else np.asarray(active, dtype=bool)
     lo, hi = count_ranges(counts, labels, num_classes, classwise=classwise, active=active)
-    group = labels if classwise else np.zeros_like(labels)
-    span = (hi - lo)[group]  # (N,)
+    x = scale_counts(counts, labels if classwise else np.zeros_like(labels), lo, hi)
+    return np.where(active, x, 0.5 * (1.0 - 2 * EDGE) + EDGE)
+
+
+def scale_counts(counts: np.ndarray, groups: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Counts (N,) -> x (N,) with the given per-group (min, max): (we - min) / (max - min), 0.5 where
+    max = min, squeezed by x (1 - 2e-6) + 1e-6. Counts above an earlier fit's max give x > 1 (outside
+    the mixture's support: BetaMixture.posteriors gives them p = q = 0 and eps = 0)."""
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+    span = (hi - lo)[groups]  # (N,)
     with np.errstate(invalid="ignore", divide="ignore"):
-        x = np.where(span > 0, (counts - lo[group]) / np.where(span > 0, span, 1.0), 0.5)
-    x = np.where(active, x, 0.5)
+        x = np.where(span > 0, (counts - lo[groups]) / np.where(span > 0, span, 1.0), 0.5)
     return x * (1.0 - 2 * EDGE) + EDGE
 
 
@@ -88,7 +96,7 @@ class Posteriors:
     """Per-sample outputs of a fitted mixture, all float64 (N,)."""
 
     p: np.ndarray  # posterior of the clean component
-    q: np.ndarray  # posterior of the noisy component (= 1 - p for two components)
+    q: np.ndarray  # posterior of the noisy component (= 1 - p for two components, except x >= 1)
     f0: np.ndarray  # clean component's CDF at x
     f1: np.ndarray  # noisy component's CDF at x
     eps: np.ndarray  # p F0(x) + (1 - q) (1 - F1(x)): the consistency weight of IDO's loss
@@ -160,13 +168,16 @@ class BetaMixture:
         return self
 
     def posteriors(self, x: np.ndarray, labels: np.ndarray) -> Posteriors:
-        """p, q, F0, F1 and eps for every sample (IDO.md stage 2, step 3)."""
+        """p, q, F0, F1 and eps for every sample (IDO.md stage 2, step 3). x >= 1 (a count above the
+        fit's max, dynamic posteriors) is outside both components: p = q = 0, F0 = F1 = 1, eps = 0."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        r = self.responsibilities(x, labels)
-        p, q = r[:, CLEAN], r[:, NOISY]
-        f0 = betainc(self.a[labels, CLEAN], self.b[labels, CLEAN], x)
-        f1 = betainc(self.a[labels, NOISY], self.b[labels, NOISY], x)
+        beyond = x >= 1.0
+        inside = np.where(beyond, 0.5, x)
+        r = self.responsibilities(inside, labels)
+        p, q = np.where(beyond, 0.0, r[:, CLEAN]), np.where(beyond, 0.0, r[:, NOISY])
+        f0 = np.where(beyond, 1.0, betainc(self.a[labels, CLEAN], self.b[labels, CLEAN], inside))
+        f1 = np.where(beyond, 1.0, betainc(self.a[labels, NOISY], self.b[labels, NOISY], inside))
         eps = p * f0 + (1.0 - q) * (1.0 - f1)
         return Posteriors(p=p, q=q, f0=f0, f1=f1, eps=eps)
 

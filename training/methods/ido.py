@@ -12,23 +12,36 @@ are the base model. A real copy (CPU tensors, `.to("cpu", copy=True)`) of each e
 kept until then (the authors' code aliases the live weights and saves the current ones instead).
 If PC keeps decreasing to the end of stage 1, the weights at the end of stage 1 are the base.
 
+With `stage1_frozen` (the authors' CIFAR-10 pretrained setting, a linear probe) stage 1 updates only
+the head `fc`: the backbone's gradients are dropped before each optimiser step (so no weight decay or
+Adam moments touch it either; BatchNorm statistics still follow the data, as with requires_grad
+off). Dropping gradients rather than switching requires_grad keeps DDP's reducer consistent.
+
 At the end of the last stage-1 epoch the class-wise Beta mixture is fitted with 20 EM iterations
-on the normalised counts; after every stage-2 epoch it is refitted warm-started (1 iteration by
-default). The parameters (per class a, b, pi of both components, and the count min/max) are
+on the normalised counts; after every stage-2 epoch it is refitted warm-started (2 iterations, the
+authors' class-wise script). The parameters (per class a, b, pi of both components, and the count min/max) are
 written per fit to <ctx.out_dir>/ido_mixture.jsonl and summarised in the epoch's metrics; when
 clean labels are known, each epoch's count histograms (per class, right vs wrong labels) are
 saved as <ctx.out_dir>/ido_counts/epoch-NNNN.png.
 
 Stage 2: at its first step the base weights are loaded into the model and the optimiser state
 (momentum / Adam moments, which belong to the later stage-1 trajectory) is cleared; the learning
-rate keeps following the schedule (trainer's, or `stage2_schedule: cosine`). Per batch, with
-weak logits u, strong logits v, p_i and eps_i from the latest fit:
+rate keeps following the schedule (trainer's, or `stage2_schedule: cosine`). Per batch, with weak
+logits u and strong logits v:
 
-    P_i = clamp((softmax u_i + softmax v_i) / 2, 1e-4, 1 - 1e-4),  c_i = max_k P_ik,  H_i = -sum_k P_ik log P_ik
-    loss = mean_i [ p_i (CE(u_i, y_i) + CE(v_i, y_i)) + eps_i mean_k (u_ik - v_ik)^2 + (1 - p_i) c_i H_i ]
+  1. the batch's wrong events are added to the counts (once per view, +0..2), FIRST;
+  2. p_i, q_i and eps_i come from the live counts of the batch, normalised with the last fit's
+     per-class min/max (dynamic posteriors, IDO.md step 5: a count above that max gives x > 1 and
+     p = q = eps = 0, so a sample both views now get wrong can lose its CE weight in this step);
+  3. P_i = clamp((softmax u_i + softmax v_i) / 2, 1e-4, 1 - 1e-4),  c_i = max_k P_ik,  H_i = -sum_k P_ik log P_ik
 
-with per-sample products (the authors' code broadcasts c into a B x B matrix; this does not), and
-no stop-gradient anywhere, as the spec writes it. Wrong events count once per view (+0..2).
+     loss = mean_i [ p_i (CE(u_i, y_i) + CE(v_i, y_i)) + eps_i mean_k (u_ik - v_ik)^2 ] + entropy term
+
+     `entropy: batch` (default, the form the published numbers come from: the authors' code broadcasts
+     c into a B x B product) = mean_i(c_i) * mean_j((1 - p_j) H_j); `entropy: per_sample` =
+     mean_i (1 - p_i) c_i H_i. No stop-gradient anywhere, as the spec writes it.
+
+The per-epoch p and eps over all samples (metrics, AUROC, `_p` / `_eps`) come from each fit.
 
 The two views go through the model as two forward passes of B images (`view_forward: separate`,
 the default: BatchNorm normalises each view with its own batch statistics, as LNL codebases that
@@ -59,7 +72,7 @@ from pipeline.loader import part_bounds
 from state.spec import ArraySpec
 from training.evaluation import auroc
 from training.methods.base import DataNeeds, Method, MethodContext, StepOutput
-from training.methods.beta_mixture import BetaMixture, count_ranges, normalise_counts
+from training.methods.beta_mixture import BetaMixture, count_ranges, normalise_counts, scale_counts
 from training.outputs import write_atomic
 from training.plots import count_histograms, save_figure
 
@@ -78,31 +91,36 @@ class IDOConfig(BaseModel):
 
     stage1_epochs: int = Field(ge=1)  # E1: epochs of plain CE + counting; stage 2 = the remaining epochs
     em_iterations_first: int = Field(20, ge=1)  # EM iterations of the first fit (end of stage 1)
-    em_iterations_refit: int = Field(1, ge=1)  # warm-started EM iterations after each stage-2 epoch (spec: 1-2)
+    em_iterations_refit: int = Field(2, ge=1)  # warm-started EM iterations after each stage-2 epoch (authors: 2)
     classwise: bool = True  # one mixture per noisy class (the ablation's better variant) or one for all
     reset_optimizer: bool = True  # clear momentum / Adam moments when stage 2 loads the base weights
     stage2_schedule: Literal["trainer", "cosine"] = "trainer"  # cosine: per epoch from the scheduled lr
     stage2_min_lr: float = Field(1e-4, ge=0)  # cosine: the lr it decays to at the end of stage 2
     view_forward: Literal["separate", "concat"] = "separate"  # two forward passes of B, or one of 2B
+    entropy: Literal["batch", "per_sample"] = "batch"  # mean(c) * mean((1 - p) H) as the authors, or per sample
+    stage1_frozen: bool = False  # stage 1 trains only the head `fc` (linear probe; authors' CIFAR-10 pretrained)
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure parts (tested on their own)
 
 
-def ido_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, eps: torch.Tensor
-             ) -> dict[str, torch.Tensor]:
+def ido_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, eps: torch.Tensor,
+             entropy: Literal["batch", "per_sample"] = "batch") -> dict[str, torch.Tensor]:
     """The stage-2 loss (module docstring). u, v (B, K) float32 logits of the weak / strong view,
     labels (B,) int64 given labels, p and eps (B,) float32 per-sample weights -> {"loss", terms}."""
     ce = F.cross_entropy(u, labels, reduction="none") + F.cross_entropy(v, labels, reduction="none")  # (B,)
     mse = (u - v).pow(2).mean(dim=1)  # (B,)
     probs = ((u.softmax(dim=1) + v.softmax(dim=1)) / 2).clamp(PROB_CLAMP, 1 - PROB_CLAMP)  # (B, K)
     confidence = probs.max(dim=1).values  # (B,)
-    entropy = -(probs * probs.log()).sum(dim=1)  # (B,)
-    ce_term, mse_term, ent_term = p * ce, eps * mse, (1 - p) * confidence * entropy  # (B,) each
-    loss = (ce_term + mse_term + ent_term).mean()
-    return {"loss": loss, "ce": ce_term.mean().detach(), "consistency": mse_term.mean().detach(),
-            "entropy": ent_term.mean().detach()}
+    entropy_i = -(probs * probs.log()).sum(dim=1)  # (B,)
+    ce_term, mse_term = (p * ce).mean(), (eps * mse).mean()
+    if entropy == "batch":
+        ent_term = confidence.mean() * ((1 - p) * entropy_i).mean()
+    else:
+        ent_term = ((1 - p) * confidence * entropy_i).mean()
+    return {"loss": ce_term + mse_term + ent_term, "ce": ce_term.detach(), "consistency": mse_term.detach(),
+            "entropy": ent_term.detach()}
 
 
 def prediction_changes(prev: np.ndarray, cur: np.ndarray) -> int:
@@ -158,7 +176,8 @@ class IDO(Method):
         self.base_weights: dict[str, torch.Tensor] | None = None
         self._last_weights: dict[str, torch.Tensor] | None = None  # previous epoch's copy, until the base is chosen
         self.stage2_started = False
-        self._p: torch.Tensor | None = None  # (N,) float32 clean posterior on the device
+        self.ranges: tuple[np.ndarray, np.ndarray] | None = None  # last fit's per-group count (min, max)
+        self._p: torch.Tensor | None = None  # (N,) float32 clean posterior of the last fit, for diagnostics
         self._eps: torch.Tensor | None = None  # (N,) float32
         self._model: torch.nn.Module | None = None
         self._accelerator = None
@@ -200,6 +219,11 @@ class IDO(Method):
         self.store.add(WRONG_EVENT, batch.idx, (pred != labels).to(torch.int32))
         self.store.set(CUR_PRED, batch.idx, pred.to(torch.int32))
         accelerator.backward(loss)
+        if self.config.stage1_frozen:
+            head = {id(q) for q in self._unwrapped().fc.parameters()}
+            for param in model.parameters():
+                if id(param) not in head:
+                    param.grad = None  # the optimiser skips it: no step, no weight decay, no moments
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return StepOutput(terms={"loss": loss}, logits=logits.detach())
@@ -211,17 +235,16 @@ class IDO(Method):
                 f"IDO stage 2 needs batch.views['weak'] and ['strong'] (got {sorted(views)}): the trainer must build "
                 f"the training loader with make_loader(..., views=method.needs.views)"
             )
-        if self._p is None:  # resumed inside stage 2: posteriors from the restored counts and mixture
-            self._refresh_posteriors()
         with accelerator.autocast():
             if self.config.view_forward == "concat":
                 u, v = model(torch.cat([views["weak"], views["strong"]])).split(len(batch))  # (B, K) each
             else:
                 u, v = model(views["weak"]), model(views["strong"])  # (B, K) each
         u, v = u.float(), v.float()
-        terms = ido_loss(u, v, labels, self._p[batch.idx], self._eps[batch.idx])
         wrong = (u.detach().argmax(dim=1) != labels).to(torch.int32) + (v.detach().argmax(dim=1) != labels).to(torch.int32)
-        self.store.add(WRONG_EVENT, batch.idx, wrong)  # (B,) in {0, 1, 2}: once per view
+        self.store.add(WRONG_EVENT, batch.idx, wrong)  # (B,) in {0, 1, 2}: once per view, before the weights
+        p, eps = self.live_posteriors(batch.idx)
+        terms = ido_loss(u, v, labels, p, eps, self.config.entropy)
         accelerator.backward(terms["loss"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -300,11 +323,11 @@ class IDO(Method):
         first = self.mixture is None
         if first:
             self.mixture = BetaMixture.initial(k if self.config.classwise else 1)
-        groups = self.labels if self.config.classwise else np.zeros_like(self.labels)
+        groups = self._groups(self.labels)
         iterations = self.config.em_iterations_first if first else self.config.em_iterations_refit
         self.mixture.fit(x, groups, iterations, active=active)
         self._set_posteriors(x, groups)
-        lo, hi = count_ranges(counts, self.labels, k, classwise=self.config.classwise, active=active)
+        lo, hi = self.ranges = count_ranges(counts, self.labels, k, classwise=self.config.classwise, active=active)
         self.mixture_history.append({
             "epoch": epoch + 1, "iterations": iterations, "classwise": self.config.classwise,
             "count_min": np.where(np.isfinite(lo), lo, np.nan).tolist(),
@@ -315,10 +338,19 @@ class IDO(Method):
         return {"ido_p_mean": float(p.mean()), "ido_clean_fraction": float((p > 0.5).mean()),
                 "ido_eps_mean": float(self._eps.cpu().numpy()[active].mean())}
 
-    def _refresh_posteriors(self) -> None:
-        counts, active = self.store[WRONG_EVENT], self._active()
-        x = normalise_counts(counts, self.labels, self.ctx.num_classes, classwise=self.config.classwise, active=active)
-        self._set_posteriors(x, self.labels if self.config.classwise else np.zeros_like(self.labels))
+    def _groups(self, labels: np.ndarray) -> np.ndarray:
+        return labels if self.config.classwise else np.zeros_like(labels)
+
+    def live_posteriors(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p and eps (B,) float32 on the device for the batch idx, from the live counts scaled by the last
+        fit's min/max (dynamic posteriors, module docstring)."""
+        if self.mixture is None or self.ranges is None:
+            raise RuntimeError("IDO stage 2 has no fitted mixture: the first fit runs at the end of stage 1")
+        groups = self._groups(self.labels[idx.cpu().numpy()])
+        x = scale_counts(self.store.gather(WRONG_EVENT, idx), groups, *self.ranges)
+        post = self.mixture.posteriors(x, groups)
+        return (torch.from_numpy(post.p.astype(np.float32)).to(self.device),
+                torch.from_numpy(post.eps.astype(np.float32)).to(self.device))
 
     def _set_posteriors(self, x: np.ndarray, groups: np.ndarray) -> None:
         post = self.mixture.posteriors(x, groups)
@@ -358,6 +390,7 @@ class IDO(Method):
             "base_weights": self.base_weights, "last_weights": self._last_weights,
             "mixture": self.mixture.to_dict() if self.mixture is not None else None,
             "mixture_history": self.mixture_history, "stage2_started": self.stage2_started,
+            "ranges": None if self.ranges is None else [r.tolist() for r in self.ranges],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -368,4 +401,5 @@ class IDO(Method):
         self.mixture = BetaMixture.from_dict(state["mixture"]) if state["mixture"] is not None else None
         self.mixture_history = list(state["mixture_history"])
         self.stage2_started = state["stage2_started"]
-        self._p = self._eps = None  # recomputed from the restored counts at the next stage-2 step
+        self.ranges = None if state["ranges"] is None else tuple(np.asarray(r, dtype=np.float64) for r in state["ranges"])
+        self._p = self._eps = None  # the next fit's diagnostics
