@@ -12,11 +12,10 @@ comes from one torch.Generator, so a (seed, epoch) pair fixes the augmentation. 
 imagenet kind keeps DALI operators (random-resized-crop needs the full-size images).
 
 Two views (methods that declare DataNeeds(views=("weak", "strong")), e.g. IDO): `train_views`
-returns "weak", the normal train augmentation above (the same tensor as `apply(train=True)` gives
-for the same generator), and "strong", an independent draw of the same crop/flip followed by a
-photometric RandAugment (`randaugment`, n ops per image, magnitude m of MAX_MAGNITUDE; the op list
-and the magnitude scale are in RANDAUGMENT_OPS's comment). The strong view has its own generator,
-so asking for views never changes the weak images.
+returns "weak", a crop + flip (reflect padding for the cifar kind, as the IDO authors' views), and
+"strong", an independent draw of the same crop/flip followed by the authors' RandAugment
+(`randaugment`, its op pool and levels in the RandAugment section's comment). The strong view has
+its own generator, so asking for it never changes the weak images.
 
 Images of the imagenet kind have varying sizes, and a batch tensor needs one size; the cache and
 the fallback therefore first bring every image to `resize` x `resize` (shorter side to `resize`,
@@ -119,8 +118,9 @@ def normalise(images: Tensor, config: TransformConfig) -> Tensor:
     return out.mul_(scale).sub_(shift)  # (B, 3, H, W) float32
 
 
-def random_crop_flip(images: Tensor, size: int, pad: int, generator: torch.Generator) -> Tensor:
-    """Per-sample random crop of a zero-padded batch plus random horizontal flip, as two gathers.
+def random_crop_flip(images: Tensor, size: int, pad: int, generator: torch.Generator, *,
+                     padding_mode: Literal["constant", "reflect"] = "constant") -> Tensor:
+    """Per-sample random crop of a padded batch (zeros, or reflected) plus random horizontal flip, as two gathers.
 
     images (B, 3, S, S) uint8 -> (B, 3, size, size); offsets uniform in [0, S + 2 pad - size].
     Rows are gathered first, then columns; the flip is folded into the column index (torch.where
@@ -129,7 +129,7 @@ def random_crop_flip(images: Tensor, size: int, pad: int, generator: torch.Gener
     """
     b, c, h, w = images.shape
     device = images.device
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad else images  # (B, 3, H+2p, W+2p), zeros
+    padded = F.pad(images, (pad, pad, pad, pad), mode=padding_mode) if pad else images  # (B, 3, H+2p, W+2p)
     max_y, max_x = h + 2 * pad - size, w + 2 * pad - size
     if max_y < 0 or max_x < 0:
         raise ValueError(f"random crop of {size} px from {h}x{w} images padded by {pad} px is impossible")
@@ -193,44 +193,59 @@ def apply(images: Tensor, config: TransformConfig, *, train: bool, generator: to
     return normalise(center_crop(images, config.size), config)
 
 
-# ----------------------------------------------------------------------------------------------
-# RandAugment, photometric ops only, batched on (B, 3, H, W) uint8
+# RandAugment of the strong view: the IDO authors' `RandAugmentwogeo`, batched on (B, 3, H, W) uint8
 #
-# The magnitude scale is torchvision's (31 bins): m in [0, MAX_MAGNITUDE = 30], strength = m / 30.
-# RandAugment(n=2, m=10) therefore means 2 ops per image at a third of their largest strength:
-#   identity      -
-#   brightness    blend with black,          factor 1 +- 0.9 * m/30  (m=10: 0.7 or 1.3, sign random per image)
-#   contrast      blend with the image's mean grey level, same factor range
-#   color         blend with the image's greyscale (saturation), same factor range
-#   sharpness     blend with the 3x3-smoothed image (PIL's SMOOTH kernel, border kept), same factor range
-#   posterize     keep 8 - round(4 * m/30) bits per channel    (m=10: 7 bits)
-#   solarize      invert pixels >= 255 * (1 - m/30)            (m=10: >= 170)
-#   equalize      per-channel histogram equalisation (PIL's algorithm), no magnitude
-#   autocontrast  per-channel min/max stretch to [0, 255], no magnitude
-# Geometric ops (rotate, shear, translate) are left out: the spec asks for photometric ops only, and
-# the crop/flip before them already moves the image. Each op's output is rounded back to uint8,
-# as PIL does between ops, so posterize/solarize/equalize see integer pixels.
+# Despite its name the pool has geometric ops. Each op has a (maximum, bias); at level v its value is
+# v * maximum / LEVEL_SCALE + bias (truncated to an integer for the integer-valued ops, as their code
+# does). Per image: n ops drawn uniformly with replacement; each is applied with probability `prob`
+# at a level drawn uniformly from 1 .. magnitude - 1 (their numpy.random.randint(1, m) excludes m);
+# a random sign (+-1) per image for rotate, shear, translate and solarize_add. Then a grey square of
+# `cutout` x side is always cut out. The values at the CIFAR-10 setting m = 5 (levels 1..4):
+#   autocontrast  per-channel min/max stretch (PIL)                      -
+#   brightness, color, contrast, sharpness   PIL ImageEnhance factor     1.8 v/10 + 0.1: 0.28 .. 0.82
+#   cutout        grey (127) square of int(0.1 v/10 x side) px           32 px: 0 or 1 px (PIL draws side + 1)
+#   equalize      PIL histogram equalisation                             -
+#   invert        255 - x                                                -
+#   posterize     keep int(4 v/10) + 4 bits                              4 or 5 bits
+#   rotate        int(30 v/10) degrees, nearest, black fill (PIL)         +-3 .. +-12 degrees
+#   shear_x/y     shear 0.1 v/10, nearest, black fill                    +-0.01 .. +-0.04
+#   solarize      invert pixels >= 256 - int(256 v/10)                   >= 231, 205, 180, 154
+#   solarize_add  add +-int(110 v/10), clip, then solarize at 128        +-11 .. +-44
+#   translate_x/y int(0.05 v/10 x side) px, black fill                   32 px: 0 or 1 px; 224 px: 1 .. 4 px
+# m = 10 (CIFAR-100, Clothing1M, WebVision) reaches levels 1..9. Every op rounds back to uint8, as PIL
+# does between ops. The geometric ops follow PIL's Image.transform exactly: the output pixel centre
+# (x + 0.5, y + 0.5) maps to source coordinates, the source pixel containing it is copied (nearest),
+# and pixels mapped outside the image are black.
 
-MAX_MAGNITUDE = 30
-RANDAUGMENT_OPS = ("identity", "brightness", "contrast", "color", "sharpness", "posterize", "solarize", "equalize",
-                   "autocontrast")
-ENHANCE_RANGE = 0.9  # largest |factor - 1| of the blend ops, at m = MAX_MAGNITUDE
+LEVEL_SCALE = 10  # the authors' PARAMETER_MAX
+OP_RANGES: dict[str, tuple[float, float] | None] = {  # op -> (maximum, bias); None: the op has no level
+    "autocontrast": None, "brightness": (1.8, 0.1), "color": (1.8, 0.1), "contrast": (1.8, 0.1),
+    "cutout": (0.1, 0.0), "equalize": None, "invert": None, "posterize": (4, 4), "rotate": (30, 0),
+    "sharpness": (1.8, 0.1), "shear_x": (0.1, 0.0), "shear_y": (0.1, 0.0), "solarize": (256, 0),
+    "solarize_add": (110, 0), "translate_x": (0.05, 0.0), "translate_y": (0.05, 0.0),
+}
+RANDAUGMENT_OPS = tuple(OP_RANGES)
+CUTOUT_GREY = 127  # fill of both cutouts
+SOLARIZE_ADD_THRESHOLD = 128
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as PIL's convert("L")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RandAugmentConfig:
-    """RandAugment of the strong view: `n` ops per image, drawn uniformly (with replacement) from `ops`."""
+    """The strong view's RandAugment (section comment above); magnitude 5 on CIFAR-10, 10 elsewhere."""
 
-    n: int = 2  # ops applied to every image, one after the other
-    magnitude: int = 10  # strength, 0..MAX_MAGNITUDE (torchvision's scale)
+    n: int = 2  # ops drawn per image, with replacement
+    magnitude: int = 10  # m: levels are drawn from 1 .. m - 1
+    prob: float = 0.5  # chance that each drawn op is applied
+    cutout: float = 0.15  # side of the final grey square, fraction of the image side (0: none)
     ops: tuple[str, ...] = RANDAUGMENT_OPS
 
     def __post_init__(self) -> None:
-        if self.n < 0 or not 0 <= self.magnitude <= MAX_MAGNITUDE:
-            raise ValueError(f"RandAugmentConfig: n must be >= 0 and magnitude in [0, {MAX_MAGNITUDE}], "
-                             f"got n={self.n} magnitude={self.magnitude}")
-        unknown = [op for op in self.ops if op not in RANDAUGMENT_OPS]
+        if self.n < 0 or not 2 <= self.magnitude <= LEVEL_SCALE or not 0 <= self.prob <= 1 or not 0 <= self.cutout < 1:
+            raise ValueError(f"RandAugmentConfig: need n >= 0, magnitude in [2, {LEVEL_SCALE}], prob in [0, 1], "
+                             f"cutout in [0, 1); got n={self.n} magnitude={self.magnitude} prob={self.prob} "
+                             f"cutout={self.cutout}")
+        unknown = [op for op in self.ops if op not in OP_RANGES]
         if unknown or not self.ops:
             raise ValueError(f"RandAugmentConfig: unknown ops {unknown} (or none); choose from {RANDAUGMENT_OPS}")
 
@@ -239,9 +254,14 @@ def _to_uint8(x: Tensor) -> Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _blend(images: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
-    """PIL ImageEnhance: degenerate + factor (image - degenerate); factor (b,), clipped to uint8."""
-    out = images.float().sub_(degenerate).mul_(factor.view(-1, 1, 1, 1)).add_(degenerate)
+def _per_image(value, images: Tensor) -> Tensor:
+    """A scalar or (b,) value -> a tensor broadcasting over (b, 3, H, W)."""
+    return torch.as_tensor(value, device=images.device).view(-1, 1, 1, 1)
+
+
+def _blend(images: Tensor, degenerate: Tensor, factor) -> Tensor:
+    """PIL ImageEnhance: degenerate + factor (image - degenerate); factor scalar or (b,), clipped to uint8."""
+    out = images.float().sub_(degenerate).mul_(_per_image(factor, images).float()).add_(degenerate)
     return _to_uint8(out)
 
 
@@ -251,19 +271,19 @@ def grey(images: Tensor) -> Tensor:
     return (images.float() * w).sum(dim=1, keepdim=True)
 
 
-def brightness(images: Tensor, factor: Tensor) -> Tensor:
+def brightness(images: Tensor, factor) -> Tensor:
     return _blend(images, torch.zeros((), device=images.device), factor)
 
 
-def contrast(images: Tensor, factor: Tensor) -> Tensor:
+def contrast(images: Tensor, factor) -> Tensor:
     return _blend(images, grey(images).mean(dim=(1, 2, 3), keepdim=True), factor)
 
 
-def color(images: Tensor, factor: Tensor) -> Tensor:
+def color(images: Tensor, factor) -> Tensor:
     return _blend(images, grey(images), factor)
 
 
-def sharpness(images: Tensor, factor: Tensor) -> Tensor:
+def sharpness(images: Tensor, factor) -> Tensor:
     """Blend with the image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13; border pixels stay as they are."""
     kernel = torch.ones(3, 1, 3, 3, device=images.device)
     kernel[:, :, 1, 1] = 5.0
@@ -273,24 +293,41 @@ def sharpness(images: Tensor, factor: Tensor) -> Tensor:
     return _blend(images, smooth, factor)
 
 
-def posterize(images: Tensor, bits: int) -> Tensor:
-    mask = (0xFF << (8 - bits)) & 0xFF
+def posterize(images: Tensor, bits) -> Tensor:
+    """Keep the top `bits` (int or (b,)) bits of every channel value."""
+    keep = 8 - _per_image(bits, images).long()
+    mask = ((255 >> keep) << keep).to(torch.uint8)  # (b, 1, 1, 1)
     return images & mask
 
 
-def solarize(images: Tensor, threshold: float) -> Tensor:
-    return torch.where(images >= threshold, 255 - images, images)
+def solarize(images: Tensor, threshold) -> Tensor:
+    """Invert values >= threshold (scalar or (b,))."""
+    return torch.where(images >= _per_image(threshold, images), 255 - images, images)
+
+
+def solarize_add(images: Tensor, addend) -> Tensor:
+    """Add `addend` (int or (b,)), clip to [0, 255], then solarize at 128."""
+    shifted = (images.to(torch.int16) + _per_image(addend, images).to(torch.int16)).clamp_(0, 255).to(torch.uint8)
+    return solarize(shifted, SOLARIZE_ADD_THRESHOLD)
+
+
+def invert(images: Tensor) -> Tensor:
+    return 255 - images
 
 
 def autocontrast(images: Tensor) -> Tensor:
-    """Per image and channel: (x - min) * 255 / (max - min); a flat channel is left unchanged."""
-    x = images.float()
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    flat = hi <= lo
-    scale = torch.where(flat, torch.ones_like(hi), 255.0 / (hi - lo).clamp_min(1e-6))
-    out = torch.where(flat, x, (x - lo) * scale)
-    return _to_uint8(out)
+    """PIL's ImageOps.autocontrast per image and channel: v -> int(v * scale + offset), scale = 255 / (max -
+    min), offset = -min * scale, in float64 like PIL (so the maximum can land on 254); flat channels are
+    left unchanged."""
+    b, c, h, w = images.shape
+    flat = images.reshape(b * c, h * w).long()  # (bc, HW)
+    lo = flat.amin(dim=1, keepdim=True).double()  # (bc, 1)
+    hi = flat.amax(dim=1, keepdim=True).double()
+    levels = torch.arange(256, device=images.device, dtype=torch.float64)
+    scale = 255.0 / (hi - lo).clamp_min(1)
+    lut = (levels * scale - lo * scale).trunc_().clamp_(0, 255)  # (bc, 256)
+    lut = torch.where(hi > lo, lut, levels).long()
+    return lut.gather(1, flat).to(torch.uint8).view(b, c, h, w)
 
 
 def equalize(images: Tensor) -> Tensor:
@@ -312,50 +349,141 @@ def equalize(images: Tensor) -> Tensor:
     return lut.gather(1, flat).to(torch.uint8).view(b, c, h, w)
 
 
-def _apply_op(name: str, images: Tensor, magnitude: int, sign: Tensor) -> Tensor:
-    """One op on a sub-batch; sign (b,) +-1 chooses stronger or weaker for the blend ops."""
-    strength = magnitude / MAX_MAGNITUDE
-    factor = 1.0 + sign * ENHANCE_RANGE * strength  # (b,)
-    if name == "identity":
-        return images
-    if name == "brightness":
-        return brightness(images, factor)
-    if name == "contrast":
-        return contrast(images, factor)
-    if name == "color":
-        return color(images, factor)
-    if name == "sharpness":
-        return sharpness(images, factor)
+def affine_nearest(images: Tensor, matrix: Tensor) -> Tensor:
+    """PIL's Image.transform(size, AFFINE, (a, b, c, d, e, f)) with NEAREST and black fill, per image.
+
+    matrix (b, 6) maps the output pixel centre (x + 0.5, y + 0.5) to the source point
+    (a x' + b y' + c, d x' + e y' + f); the source pixel containing it is copied. Computed as PIL does
+    for images under 32768 px: in 16.16 fixed point (each coefficient rounded to 1/65536), so the
+    result is pixel-exact against PIL on any device.
+    """
+    b, c, h, w = images.shape
+    m = matrix.to(device=images.device, dtype=torch.float64)  # (b, 6)
+    start_x = m[:, 2] + m[:, 0] * 0.5 + m[:, 1] * 0.5  # source point of pixel (0, 0)
+    start_y = m[:, 5] + m[:, 3] * 0.5 + m[:, 4] * 0.5
+    fixed = (torch.stack([m[:, 0], m[:, 1], start_x, m[:, 3], m[:, 4], start_y], dim=1) * 65536 + 0.5).floor()
+    a0, a1, a2, a3, a4, a5 = fixed.long().view(b, 6, 1, 1).unbind(dim=1)  # (b, 1, 1) each
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+    sx = torch.div(a2 + ys * a1 + xs * a0, 65536, rounding_mode="floor")  # (b, H, W) source column
+    sy = torch.div(a5 + ys * a4 + xs * a3, 65536, rounding_mode="floor")  # (b, H, W) source row
+    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
+    source = (sy.clamp(0, h - 1) * w + sx.clamp(0, w - 1)).view(b, 1, h * w).expand(b, c, h * w)
+    out = images.reshape(b, c, h * w).gather(2, source).view(b, c, h, w)
+    return torch.where(inside[:, None], out, torch.zeros((), dtype=images.dtype, device=images.device))
+
+
+def _affine(images: Tensor, *coefficients) -> Tensor:
+    """Six scalars or (b,) tensors -> affine_nearest."""
+    b = images.shape[0]
+    cols = [torch.as_tensor(v, dtype=torch.float64, device=images.device).expand(b) for v in coefficients]
+    return affine_nearest(images, torch.stack(cols, dim=1))
+
+
+def rotate(images: Tensor, degrees) -> Tensor:
+    """PIL's Image.rotate(degrees) (counter-clockwise about the image centre, same size, nearest)."""
+    _, _, h, w = images.shape
+    angle = -torch.as_tensor(degrees, dtype=torch.float64, device=images.device) * (math.pi / 180)
+    cos, sin = angle.cos().round(decimals=15), angle.sin().round(decimals=15)  # PIL rounds them so
+    cx, cy = w / 2.0, h / 2.0
+    return _affine(images, cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+
+
+def shear_x(images: Tensor, shear) -> Tensor:
+    return _affine(images, 1.0, shear, 0.0, 0.0, 1.0, 0.0)
+
+
+def shear_y(images: Tensor, shear) -> Tensor:
+    return _affine(images, 1.0, 0.0, 0.0, shear, 1.0, 0.0)
+
+
+def translate(images: Tensor, dx, dy) -> Tensor:
+    """Output pixel (x, y) takes source pixel (x + dx, y + dy); dx, dy whole pixels."""
+    return _affine(images, 1.0, 0.0, dx, 0.0, 1.0, dy)
+
+
+def cutout(images: Tensor, size, cx, cy) -> Tensor:
+    """The authors' CutoutAbs: a grey square of side `size` px around the centre (cx, cy) (floats in
+    [0, side)), each (b,) or scalar. x0 = int(max(0, cx - size / 2)), x1 = int(min(W, x0 + size)), and
+    PIL's rectangle fills x0..x1 inclusive, so the square is size + 1 px where it is not clipped."""
+    _, _, h, w = images.shape
+    size = torch.as_tensor(size, dtype=torch.float64, device=images.device).view(-1, 1)
+    x0 = (torch.as_tensor(cx, dtype=torch.float64, device=images.device).view(-1, 1) - size / 2).clamp_min(0).floor()
+    y0 = (torch.as_tensor(cy, dtype=torch.float64, device=images.device).view(-1, 1) - size / 2).clamp_min(0).floor()
+    x1, y1 = (x0 + size).clamp(max=w).floor(), (y0 + size).clamp(max=h).floor()
+    cols = torch.arange(w, device=images.device, dtype=torch.float64).view(1, w)
+    rows = torch.arange(h, device=images.device, dtype=torch.float64).view(1, h)
+    in_x, in_y = (cols >= x0) & (cols <= x1), (rows >= y0) & (rows <= y1)  # (b, W), (b, H)
+    box = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # (b, 1, H, W)
+    return images.masked_fill(box, CUTOUT_GREY)
+
+
+_ENHANCE = {"brightness": brightness, "color": color, "contrast": contrast, "sharpness": sharpness}
+
+
+def op_value(name: str, level: Tensor) -> Tensor:
+    """The op's value at `level` (b,) int: float64 (b,), truncated for the integer-valued ops."""
+    maximum, bias = OP_RANGES[name]
+    if isinstance(maximum, int):  # posterize, rotate, solarize, solarize_add: int(v * max / 10) + bias
+        return ((level * maximum) // LEVEL_SCALE + bias).double()
+    return level.double() * maximum / LEVEL_SCALE + bias
+
+
+def _apply_op(name: str, images: Tensor, level: Tensor, sign: Tensor, generator: torch.Generator) -> Tensor:
+    """One op on a sub-batch: level (b,) int64 in 1..m-1, sign (b,) float64 +-1."""
+    if OP_RANGES[name] is None:
+        return {"autocontrast": autocontrast, "equalize": equalize, "invert": invert}[name](images)
+    value = op_value(name, level)  # (b,)
+    side = images.shape[-1]
+    if name in _ENHANCE:
+        return _ENHANCE[name](images, value)
     if name == "posterize":
-        return posterize(images, 8 - round(4 * strength))
+        return posterize(images, value.long())
     if name == "solarize":
-        return solarize(images, 255.0 * (1.0 - strength))
-    if name == "equalize":
-        return equalize(images)
-    if name == "autocontrast":
-        return autocontrast(images)
-    raise ValueError(f"unknown RandAugment op {name!r}; choose from {RANDAUGMENT_OPS}")
+        return solarize(images, 256 - value)
+    if name == "solarize_add":
+        return solarize_add(images, (sign * value).long())
+    if name == "rotate":
+        return rotate(images, sign * value)
+    if name == "shear_x":
+        return shear_x(images, sign * value)
+    if name == "shear_y":
+        return shear_y(images, sign * value)
+    if name in ("translate_x", "translate_y"):
+        shift = (sign * value * side).trunc()  # int(v * side), towards zero
+        return translate(images, shift, 0.0) if name == "translate_x" else translate(images, 0.0, shift)
+    return _random_cutout(images, (value * side).trunc(), generator)  # cutout: int(v * min side)
+
+
+def _random_cutout(images: Tensor, size, generator: torch.Generator) -> Tensor:
+    b, _, h, w = images.shape
+    cx = torch.rand(b, device=images.device, generator=generator, dtype=torch.float64) * w
+    cy = torch.rand(b, device=images.device, generator=generator, dtype=torch.float64) * h
+    return cutout(images, size, cx, cy)
 
 
 def randaugment(images: Tensor, config: RandAugmentConfig, generator: torch.Generator) -> Tensor:
-    """(B, 3, H, W) uint8 -> uint8: each image gets config.n ops drawn uniformly from config.ops.
+    """(B, 3, H, W) uint8 -> uint8: per image config.n ops of config.ops, each applied with probability
+    config.prob at a random level, then the final cutout (section comment above).
 
-    Batched by op: per round, the images that drew the same op are gathered, transformed together
+    Batched by op: per round, the images whose drawn op is applied are gathered, transformed together
     and written back, so a round costs one pass per op over its share of the batch.
     """
     if images.dtype != torch.uint8:
         raise ValueError(f"randaugment expects uint8 images, got {images.dtype}")
     out = images.clone()
-    b = out.shape[0]
+    b, device = out.shape[0], out.device
     for _ in range(config.n):
-        choice = torch.randint(0, len(config.ops), (b,), device=out.device, generator=generator)  # (B,)
-        sign = torch.where(torch.rand(b, device=out.device, generator=generator) < 0.5, -1.0, 1.0)  # (B,)
+        choice = torch.randint(0, len(config.ops), (b,), device=device, generator=generator)  # (B,)
+        level = torch.randint(1, config.magnitude, (b,), device=device, generator=generator)  # (B,) 1..m-1
+        applied = torch.rand(b, device=device, generator=generator) < config.prob  # (B,)
+        sign = torch.where(torch.rand(b, device=device, generator=generator) < 0.5, -1.0, 1.0).double()  # (B,)
         for j, name in enumerate(config.ops):
-            if name == "identity":
-                continue
-            rows = (choice == j).nonzero().squeeze(1)  # (b_j,)
+            rows = ((choice == j) & applied).nonzero().squeeze(1)  # (b_j,)
             if rows.numel():
-                out[rows] = _apply_op(name, out[rows], config.magnitude, sign[rows])
+                out[rows] = _apply_op(name, out[rows], level[rows], sign[rows], generator)
+    if config.cutout > 0:
+        out = _random_cutout(out, int(out.shape[-1] * config.cutout), generator)
     return out
 
 
@@ -373,10 +501,12 @@ def check_views(views: tuple[str, ...]) -> tuple[str, ...]:
     return views
 
 
-def _crop_flip(images: Tensor, config: TransformConfig, generator: torch.Generator) -> Tensor:
-    """The train crop + flip without normalisation: uint8 (B, 3, size, size)."""
+def view_crop_flip(images: Tensor, config: TransformConfig, generator: torch.Generator) -> Tensor:
+    """The views' crop + flip, uint8 (B, 3, size, size): cifar kind, a random crop after reflect padding
+    by size // 8 px (the authors' RandomCrop(padding=size/8, padding_mode="reflect")); imagenet kind,
+    the train random-resized-crop."""
     if config.kind == "cifar":
-        return random_crop_flip(images, config.size, config.pad, generator)
+        return random_crop_flip(images, config.size, config.size // 8, generator, padding_mode="reflect")
     return _to_uint8(random_resized_crop_flip(images, config.size, generator))
 
 
@@ -385,10 +515,17 @@ def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...],
                 augment: RandAugmentConfig = RandAugmentConfig()) -> tuple[Tensor, dict[str, Tensor]]:
     """uint8 (B, 3, S, S) -> (weak, {view name: (B, 3, size, size) float32 normalised}).
 
-    weak is exactly apply(images, config, train=True, generator=generator) and is also views["weak"]
-    when asked for; "strong" is an independent crop/flip + randaugment, drawn from strong_generator.
+    weak = view_crop_flip drawn from `generator` (with config.augment false: the eval transform), and
+    is also views["weak"] when asked for; it replaces the plain train augmentation as batch.images, and
+    takes the same draws from `generator`. "strong" is an independent view_crop_flip + randaugment,
+    drawn from strong_generator, so asking for it never changes the weak images.
     """
-    weak = apply(images, config, train=True, generator=generator)
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    if config.augment:
+        weak = normalise(view_crop_flip(images, config, generator), config)
+    else:
+        weak = apply(images, config, train=True, generator=generator)
     out = {}
     for name in check_views(views):
         if name == "weak":
@@ -396,6 +533,6 @@ def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...],
             continue
         if strong_generator is None:
             raise ValueError("the strong view needs its own torch.Generator (seeded from seed, epoch and process)")
-        out[name] = normalise(randaugment(_crop_flip(images, config, strong_generator), augment, strong_generator),
+        out[name] = normalise(randaugment(view_crop_flip(images, config, strong_generator), augment, strong_generator),
                               config)
     return weak, out
