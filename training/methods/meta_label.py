@@ -9,11 +9,21 @@ label from the main model's own detached penultimate features:
 
     lower loss G(w, a) = mean over D' of soft-CE(f_w(x'), g_a(h(x'), y~'))     (paper Eq. 3)
     upper loss F(w)    = mean over D  of CE(f_w(x_c), y_c)                       (paper Eq. 2)
-    mixture F(w, a)    = mean over D  of -log(rho p_f[y_c] + (1 - rho) p_g[y_c])  (paper Eq. 9)
+    mixture F(w, a)    = mean over D  of CE(rho f_w(x_c) + (1 - rho) g_a(h(x_c), y_c), y_c)
+                         (paper Eq. 9 as the authors' code computes it: logits plus g's probabilities;
+                         `upper_mix: probs` is the first reading, -log(rho p_f[y] + (1 - rho) p_g[y]))
 
-MLC differentiates F through a one-step look-ahead (training/methods/lookahead.py). MLC-D and
-EBOMLC use the dynamic barrier (BOME) with Q(w, a) = G(w, a) - G(w_hat, a), w_hat = k SGD steps
-on G from w (k = 1 for EBOMLC); `barrier_direction` gives their update direction (Eq. 6-7, 11-14).
+With `clean_in_lower` the clean batch is split in two halves, as the official MLC does
+(`hmlc_K_mix`): the first half gives F, the second is mixed into G by count,
+G = (B soft-CE(noisy) + B_c2 CE(f_w(x_c2), y_c2)) / (B + B_c2); each half has its own forward, so
+BatchNorm sees the noisy and the clean images as separate batches, as in the authors' code.
+
+MLC differentiates F through a one-step look-ahead (mlc.py). MLC-D and EBOMLC use the dynamic
+barrier (BOME) with Q(w, a) = G(w, a) - G(w_hat, a), w_hat = k SGD steps on G from w (k = 1 for
+EBOMLC); `barrier_direction` gives their update direction (Eq. 6-7, 11-14). Every inner step (MLC's
+look-ahead, the barrier methods' w_hat) is the main optimiser's own SGD step (`InnerSGD`: its lr,
+weight decay, momentum and Nesterov setting, its momentum buffer read but not updated), as the
+authors' `update_params` does.
 
 Gradients are taken with torch.autograd.grad and written into .grad by hand, so this module owns
 three details the standard step leaves to Accelerate:
@@ -26,11 +36,11 @@ three details the standard step leaves to Accelerate:
 - several processes: the models are used unwrapped (DDP's reducer never runs). The flat
   gradients grad F and grad Q are averaged over processes with accelerator.reduce BEFORE beta is
   computed, so every process computes the same beta and writes the same gradients, and the
-  optimisers stay in step. What stays per process is w_hat: each process takes its k inner steps
-  along its own batch's gradient (Q is then the mean of per-process Q's, not Q of the joint batch
-  with one joint inner step). MLC's look-ahead is per process likewise (training/methods/mlc.py).
+  optimisers stay in step. The first inner step also follows the averaged grad_w G(w, a), so w1 is
+  the same everywhere (EBOMLC's main model moves to it); later inner steps (MLC-D, k > 1) follow
+  each process's own batch. MLC's look-ahead is per process likewise (mlc.py).
   BatchNorm running statistics are averaged over processes at epoch end. The multi-process path
-  has not been run in a test yet.
+  is covered by one two-process CPU test (tests/test_meta_label.py).
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from torch import nn
 
 from pipeline.batch import Batch
 from training.methods.base import DataNeeds, Method, StepOutput
-from training.methods.lookahead import current_lr_wd, forward_with
+from training.methods.lookahead import forward_with
 from training.plots import confusion_heatmap, save_figure
 
 log = logging.getLogger(__name__)
@@ -65,20 +75,23 @@ META = "meta"  # name of the meta model (and its optimiser) in the trainer's dic
 class MetaLabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    meta_lr: float = Field(3e-4, gt=0)  # Adam learning rate of the meta model (constant: not scheduled)
+    meta_lr: float = Field(3e-4, gt=0)  # Adam (amsgrad) learning rate of the meta model (constant: not scheduled)
     meta_embed_dim: int = Field(128, gt=0)  # label embedding width
     meta_hidden: int = Field(128, gt=0)  # MLP hidden width
     fp16_loss_scale: float = Field(1024.0, gt=0)  # static loss scale, used only with mixed_precision=fp16
+    # Split the clean batch: first half -> upper loss F, second half mixed into the lower loss G by
+    # count (official MLC's `hmlc_K_mix`). Needs data.clean_batch_size >= 2.
+    clean_in_lower: bool = False
 
 
 class BarrierConfig(MetaLabelConfig):
     inner_steps: int = Field(1, ge=1)  # k: SGD steps on G from w that give w_hat
     delta: float = Field(0.25, gt=0)  # barrier scale: phi_t = delta ||grad Q||^2 (+ alignment term)
-    barrier_eps: float = Field(1e-4, ge=0)  # added to ||grad Q||^2 in beta's denominator
-    # Gradient of Q through w_hat: "bome" detaches w_hat (grad_w Q = grad_w G(w, a); BOME's
-    # reading, the default); "full" also subtracts grad_w G at w_hat (dw_hat/dw taken as identity,
-    # one more main-model backward).
-    w1_grad: Literal["bome", "full"] = "bome"
+    barrier_eps: float = Field(1e-8, ge=0)  # added to ||grad Q||^2 in beta's denominator (authors' code: 1e-8)
+    # Gradient of Q = G(w, a) - G(w_hat, a) in w: "full" = grad G(w, a) - grad G(w_hat, a), both
+    # terms, w_hat's gradient taken at w_hat (dw_hat/dw as identity; the authors' code, one more
+    # main-model backward); "bome" = grad_w G(w, a) only (w_hat detached, BOME's reading).
+    w1_grad: Literal["full", "bome"] = "full"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +105,11 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class MetaLabelNet(nn.Module):
-    """g_a(h, y~): corrected-label logits (B, C) from detached features h (B, F) and given labels y~ (B,)."""
+    """g_a(h, y~): corrected-label logits (B, C) from detached features h (B, F) and given labels y~ (B,).
+
+    Initialised as the official MLC meta net: xavier-uniform label embedding (entries of size about
+    0.1, so the features are heard from step 0; PyTorch's N(0, 1) default lets the label dominate),
+    xavier-normal MLP weights, zero biases."""
 
     def __init__(self, num_classes: int, feature_dim: int, embed_dim: int = 128, hidden: int = 128):
         super().__init__()
@@ -102,6 +119,11 @@ class MetaLabelNet(nn.Module):
             nn.Linear(hidden, hidden), nn.Tanh(),
             nn.Linear(hidden, num_classes),
         )
+        nn.init.xavier_uniform_(self.embed.weight)
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([features, self.embed(labels)], dim=1))  # (B, C) logits
@@ -112,15 +134,40 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(at_least_float32(target) * F.log_softmax(at_least_float32(logits), dim=1)).sum(dim=1).mean()
 
 
+def lower_loss(logits: torch.Tensor, target: torch.Tensor, mix_logits: torch.Tensor | None = None,
+               mix_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """G: soft-CE of logits (B, C) against g's target (B, C); with a clean half-batch (mix_logits
+    (Bm, C), mix_labels (Bm,)) the count-weighted mean with its hard CE, as official MLC mixes them."""
+    loss = soft_cross_entropy(logits, target)
+    if mix_logits is None:
+        return loss
+    b, bm = len(logits), len(mix_logits)
+    return (b * loss + bm * F.cross_entropy(at_least_float32(mix_logits), mix_labels)) / (b + bm)
+
+
+def mixture_ce(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
+    """EBOMLC's upper loss as the authors compute it: mean CE(rho f + (1 - rho) softmax(g), y), float32.
+
+    The main model's logits are mixed with g's probabilities, so g adds at most 1 - rho to one
+    logit: grad_w F is rho times the CE gradient at rho f (the paper's "proportional to rho"), and
+    g copying the input label is a shallow gain that fades once f fits the clean batch. rho = 1
+    gives plain cross-entropy (g in the graph with zero gradient)."""
+    mixed = rho * at_least_float32(main_logits) + (1.0 - rho) * F.softmax(at_least_float32(meta_logits), dim=1)
+    return F.cross_entropy(mixed, labels)
+
+
 def mixture_nll(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
-    """EBOMLC's upper loss (Eq. 9): mean -log(rho softmax(f)[y] + (1 - rho) softmax(g)[y]), float32.
+    """`upper_mix: probs`, the first reading of Eq. 9: mean -log(rho softmax(f)[y] + (1 - rho) softmax(g)[y]).
     Probabilities are mixed, then logged; done as a logsumexp of log-probabilities so it stays finite
-    when either probability underflows. rho = 1 gives plain cross-entropy exactly (log 0 = -inf adds
-    nothing) while g stays in the graph with zero gradient. rho in (0, 1]."""
+    when either probability underflows. Here g copying the label is a deep, permanent minimum.
+    rho = 1 gives plain cross-entropy exactly (log 0 = -inf adds nothing). rho in (0, 1]."""
     log_pf = F.log_softmax(at_least_float32(main_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
     log_pg = F.log_softmax(at_least_float32(meta_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
     weights = torch.log(torch.tensor([rho, 1.0 - rho], device=log_pf.device))
     return -torch.logsumexp(torch.stack([log_pf, log_pg], dim=1) + weights, dim=1).mean()
+
+
+UPPER_MIX = {"logits": mixture_ce, "probs": mixture_nll}
 
 
 def dynamic_barrier(dot_fq_w: torch.Tensor, q_norm2: torch.Tensor, delta: float, eps: float) -> torch.Tensor:
@@ -135,7 +182,7 @@ def dynamic_barrier(dot_fq_w: torch.Tensor, q_norm2: torch.Tensor, delta: float,
 
 
 # ---------------------------------------------------------------------------------------------
-# flat float32 gradient vectors
+# flat float32 gradient vectors, and the main optimiser's step on a copy of the weights
 # ---------------------------------------------------------------------------------------------
 
 
@@ -163,23 +210,55 @@ def trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def sgd_steps(model: nn.Module, first_step: torch.Tensor, x: torch.Tensor, target: torch.Tensor, k: int,
-              lr: float, weight_decay: float, autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
-    """w_hat after k plain SGD steps on soft-CE(f(x), target) from the model's weights, the first one
-    along the given flat gradient (the caller already has grad_w G at w). Detached weights."""
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    weights, offset = {}, 0
-    for n, p in zip(names, params):
-        g = first_step[offset: offset + p.numel()].view_as(p).to(p.dtype)
-        weights[n] = (p.detach() - lr * (g + weight_decay * p.detach()))
-        offset += p.numel()
-    for _ in range(k - 1):
-        current = {n: w.requires_grad_(True) for n, w in weights.items()}
-        with autocast():
-            logits = forward_with(model, current, x)
-        grads = torch.autograd.grad(soft_cross_entropy(logits, target), list(current.values()))
-        weights = {n: (w - lr * (g + weight_decay * w)).detach() for (n, w), g in zip(current.items(), grads)}
-    return weights
+def named_trainable(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+@dataclass
+class InnerSGD:
+    """torch.optim.SGD's next step applied to a copy of the weights, its state untouched:
+    d = g + wd w;  m = mu buf + (1 - dampening) d (m = d with no buffer yet);  w - lr (d + mu m if
+    Nesterov else m). The buffer is read, not updated, as in the authors' `update_params`. Differentiable
+    in the weights and gradients given. A non-SGD main optimiser gives plain SGD at its lr and wd."""
+
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    dampening: float = 0.0
+    nesterov: bool = False
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> momentum buffer
+
+    @classmethod
+    def of(cls, optimizer: torch.optim.Optimizer, model: nn.Module) -> "InnerSGD":
+        group = optimizer.param_groups[0]
+        momentum = float(group.get("momentum", 0.0))
+        buffers = {}
+        if momentum:
+            for n, p in named_trainable(model).items():
+                buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    buffers[n] = buf
+        return cls(lr=float(group["lr"]), weight_decay=float(group.get("weight_decay", 0.0)), momentum=momentum,
+                   dampening=float(group.get("dampening", 0.0)), nesterov=bool(group.get("nesterov", False)),
+                   buffers=buffers)
+
+    def step(self, weights: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for n, w in weights.items():
+            d = grads[n] + self.weight_decay * w
+            buf = self.buffers.get(n)
+            m = d if buf is None else self.momentum * buf + (1.0 - self.dampening) * d
+            out[n] = w - self.lr * (d + self.momentum * m if self.nesterov else m)
+        return out
+
+
+def unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Name -> slice of a flat vector shaped (and typed) like the given tensors."""
+    out, offset = {}, 0
+    for n, t in like.items():
+        out[n] = vector[offset: offset + t.numel()].view_as(t).to(t.dtype)
+        offset += t.numel()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +274,11 @@ class Direction:
     a: torch.Tensor  # (n_a,) written into the meta model's .grad
     beta: torch.Tensor  # scalar, beta_t before the xi factor
     upper: torch.Tensor  # scalar, F on the clean batch (mixture for EBOMLC)
-    lower: torch.Tensor  # scalar, G(w, a) on the noisy batch
+    lower: torch.Tensor  # scalar, G(w, a) on the noisy batch (and the clean half with clean_in_lower)
     q: torch.Tensor  # scalar, Q(w, a) = G(w, a) - G(w_hat, a)
     logits: torch.Tensor  # (B, C) main-model logits on the noisy batch, detached
     corrected: torch.Tensor  # (B, C) g's corrected-label distribution on the noisy batch, detached
+    w_hat: dict[str, torch.Tensor]  # parameter name -> w_hat after the k inner steps, detached
 
 
 def identity(vector: torch.Tensor) -> torch.Tensor:
@@ -206,42 +286,59 @@ def identity(vector: torch.Tensor) -> torch.Tensor:
 
 
 def barrier_direction(model: nn.Module, meta: nn.Module, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor,
-                      y_clean: torch.Tensor, *, lr: float, weight_decay: float, config: BarrierConfig,
-                      rho: float | None, xi: float, autocast=contextlib.nullcontext, reduce=identity,
-                      scale: float = 1.0) -> Direction:
+                      y_clean: torch.Tensor, *, inner: InnerSGD, config: BarrierConfig, rho: float | None,
+                      xi: float, upper_mix: str = "logits", mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      autocast=contextlib.nullcontext, reduce=identity, scale: float = 1.0) -> Direction:
     """One MLC-D (rho None: upper loss = CE, grad_a F = 0; Alg. 1) or EBOMLC (rho: mixture upper
-    loss; Alg. 2) step direction:  lambda = grad F + xi * beta * grad Q  over (w, a).
+    loss `upper_mix`; Alg. 2) step direction:  lambda = grad F + xi * beta * grad Q  over (w, a).
 
-    x (B, ...), y (B,) the noisy batch and its given labels; x_clean, y_clean the clean batch.
-    `reduce` averages a flat gradient over processes (identity in one process). Main-model passes:
-    k + 2 forwards and k + 1 backwards (EBOMLC, k = 1: 3 and 2), one more backward with w1_grad=full."""
-    w_params, a_params = trainable(model), trainable(meta)
+    x (B, ...), y (B,) the noisy batch and its given labels; x_clean, y_clean the clean batch for F;
+    mix (x_c2, y_c2) a clean half-batch mixed into G, or None. `inner` is the main optimiser's SGD
+    step that gives w_hat; `reduce` averages a flat gradient over processes (identity in one
+    process). Main-model passes without mix: k + 2 forwards, and k + 2 backwards with w1_grad=full
+    or k + 1 with bome (EBOMLC, k = 1: 3 and 3, or 3 and 2); mix adds a forward of the clean half
+    beside each of the k + 1 noisy ones."""
+    params = named_trainable(model)
+    w_params, a_params = list(params.values()), trainable(meta)
     # lower loss at w on the noisy batch; g sees the main model's detached features
     with autocast():
         feats = model.features(x)  # (B, F)
         logits = model.fc(feats)  # (B, C)
         meta_logits = meta(feats.detach(), y)  # (B, C)
+        mix_logits = model(mix[0]) if mix is not None else None  # (Bm, C)
+    mix_labels = mix[1] if mix is not None else None
     corrected = F.softmax(at_least_float32(meta_logits), dim=1)  # (B, C) float32, depends on a only
     target = corrected.detach()
-    lower = soft_cross_entropy(logits, target)
-    g0_w = grads_of(lower, w_params, scale)  # main backward 1: grad_w G(w, a)
+    lower = lower_loss(logits, target, mix_logits, mix_labels)
+    g0_w = reduce(grads_of(lower, w_params, scale))  # main backward 1: grad_w G(w, a), the same on every process
 
-    # w_hat: k SGD steps on G(., a) from w, the first along grad_w G(w, a) (k = 1: w1, Eq. 8)
-    w_hat = sgd_steps(model, g0_w, x, target, config.inner_steps, lr, weight_decay, autocast)
+    def lower_at(weights):  # (G(weights, a) with g's output fixed, noisy logits, mix logits)
+        with autocast():
+            lg = forward_with(model, weights, x)
+            lm = forward_with(model, weights, mix[0]) if mix is not None else None
+        return lower_loss(lg, target, lm, mix_labels), lg, lm
+
+    # w_hat: k steps of the main optimiser on G(., a) from w, the first along grad_w G(w, a) (k = 1: w1, Eq. 8)
+    w_hat = inner.step({n: p.detach() for n, p in params.items()}, unflatten(g0_w, params))
+    for _ in range(config.inner_steps - 1):
+        w_hat = {n: w.requires_grad_(True) for n, w in w_hat.items()}
+        loss_hat = lower_at(w_hat)[0]
+        step_grads = dict(zip(w_hat, torch.autograd.grad(loss_hat * scale, list(w_hat.values()))))
+        w_hat = {n: w.detach() for n, w in inner.step(w_hat, {n: g / scale for n, g in step_grads.items()}).items()}
     if config.w1_grad == "full":
         w_hat = {n: w.requires_grad_(True) for n, w in w_hat.items()}
-        with autocast():
-            logits_hat = forward_with(model, w_hat, x)
-        g_hat_w = grads_of(soft_cross_entropy(logits_hat, target), list(w_hat.values()), scale)
-        logits_hat = logits_hat.detach()
+        loss_hat, logits_hat, mix_hat = lower_at(w_hat)
+        q_w = g0_w - reduce(grads_of(loss_hat, list(w_hat.values()), scale))  # main backward: grad_w G(w_hat, a)
+        w_hat = {n: w.detach() for n, w in w_hat.items()}
     else:
-        with torch.no_grad(), autocast():
-            logits_hat = forward_with(model, w_hat, x)  # (B, C), no graph: w_hat is a constant
-        g_hat_w = None
+        with torch.no_grad():
+            loss_hat, logits_hat, mix_hat = lower_at(w_hat)  # no graph: w_hat is a constant
+        q_w = g0_w
     # grad_a Q = grad_a [G(w, a) - G(w_hat, a)] with both main outputs fixed: a meta-model backward only
-    q_value = soft_cross_entropy(logits.detach(), corrected) - soft_cross_entropy(logits_hat, corrected)
-    q_a = grads_of(q_value, a_params, scale)
-    q_w = g0_w if g_hat_w is None else g0_w - g_hat_w
+    detach = (lambda t: None if t is None else t.detach())
+    q_value = (lower_loss(logits.detach(), corrected, detach(mix_logits), mix_labels)
+               - lower_loss(logits_hat.detach(), corrected, detach(mix_hat), mix_labels))
+    q_a = reduce(grads_of(q_value, a_params, scale))
 
     # upper loss at w on the clean batch
     with autocast():
@@ -250,20 +347,20 @@ def barrier_direction(model: nn.Module, meta: nn.Module, x: torch.Tensor, y: tor
         meta_logits_c = meta(feats_c.detach(), y_clean) if rho is not None else None
     if rho is None:
         upper = F.cross_entropy(at_least_float32(logits_c), y_clean)
-        f_w = grads_of(upper, w_params, scale)  # main backward 2
+        f_w = grads_of(upper, w_params, scale)  # main backward
         f_a = torch.zeros_like(q_a)
     else:
-        upper = mixture_nll(logits_c, meta_logits_c, y_clean, rho)
-        f = grads_of(upper, w_params + a_params, scale)  # main backward 2 (and the meta model)
+        upper = UPPER_MIX[upper_mix](logits_c, meta_logits_c, y_clean, rho)
+        f = grads_of(upper, w_params + a_params, scale)  # main backward (and the meta model)
         f_w, f_a = f[:len(g0_w)], f[len(g0_w):]
+    f_w, f_a = reduce(f_w), reduce(f_a)
 
-    f_w, f_a, q_w, q_a = (reduce(v) for v in (f_w, f_a, q_w, q_a))
     q_norm2 = q_w.dot(q_w) + q_a.dot(q_a)
     beta = dynamic_barrier(f_w.dot(q_w), q_norm2, config.delta, config.barrier_eps)
     coef = xi * beta
     return Direction(w=f_w + coef * q_w, a=f_a + coef * q_a, beta=beta.detach(), upper=upper.detach(),
                      lower=lower.detach(), q=q_value.detach(), logits=logits.detach(),
-                     corrected=corrected.detach())
+                     corrected=corrected.detach(), w_hat=w_hat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +425,8 @@ class EpochDiagnostics:
 
 
 class MetaLabelMethod(Method):
-    """Main model + meta model (Adam, constant lr) + clean subset; subclasses implement `direction`."""
+    """Main model + meta model (Adam with amsgrad, constant lr, as official MLC) + clean subset;
+    subclasses implement `train_step`."""
 
     needs: ClassVar[DataNeeds] = DataNeeds(clean_subset=True)
     custom_step: ClassVar[bool] = True
@@ -351,7 +449,7 @@ class MetaLabelMethod(Method):
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
         return {"model": self.ctx.build_optimizer(models["model"].parameters()),
-                META: torch.optim.Adam(models[META].parameters(), lr=self.config.meta_lr)}
+                META: torch.optim.Adam(models[META].parameters(), lr=self.config.meta_lr, amsgrad=True)}
 
     # -- helpers for train_step
 
@@ -363,9 +461,18 @@ class MetaLabelMethod(Method):
             scale = self.config.fp16_loss_scale
         return accelerator.unwrap_model(models["model"]), accelerator.unwrap_model(models[META]), scale
 
-    def _clean_batch(self) -> tuple[Batch, torch.Tensor]:
+    def _clean_batch(self) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(images, labels) of the clean batch for the upper loss and, with clean_in_lower, the
+        (images, labels) half-batch mixed into the lower loss (official MLC: first half F, second G)."""
         batch = self.clean.next_batch()
-        return batch, self.clean.labels[batch.idx]  # (Bc,) int64 clean labels
+        images, labels = batch.images, self.clean.labels[batch.idx]  # (Bc, ...), (Bc,) int64 clean labels
+        if not self.config.clean_in_lower:
+            return images, labels, None
+        half = len(labels) // 2
+        if half == 0:
+            raise ValueError(f"{self.name} with clean_in_lower splits the clean batch in two: set "
+                             f"data.clean_batch_size to 2 or more, or method.params.clean_in_lower=false")
+        return images[:half], labels[:half], (images[half:], labels[half:])
 
     @staticmethod
     def _reduce_fn(accelerator):
@@ -374,11 +481,16 @@ class MetaLabelMethod(Method):
         return lambda v: accelerator.reduce(v, reduction="mean")
 
     def _apply(self, model: nn.Module, meta: nn.Module, grad_w: torch.Tensor, grad_a: torch.Tensor,
-               optimizers: dict[str, torch.optim.Optimizer]) -> bool:
-        """Writes the finished gradients and steps both optimisers; skips the step (and counts it)
-        when a gradient is not finite. Returns whether the step was taken."""
+               optimizers: dict[str, torch.optim.Optimizer], start: dict[str, torch.Tensor] | None = None) -> bool:
+        """Writes the finished gradients and steps both optimisers, the main one from `start` (name ->
+        weights the main model moves to first) when given; skips the step (and counts it) when a
+        gradient is not finite. Returns whether the step was taken."""
         ok = bool(torch.isfinite(grad_w).all() and torch.isfinite(grad_a).all())
         if ok:
+            if start is not None:
+                with torch.no_grad():
+                    for n, p in named_trainable(model).items():
+                        p.copy_(start[n])
             write_grads(trainable(model), grad_w)
             write_grads(trainable(meta), grad_a)
             for name in ("model", META):
@@ -442,21 +554,31 @@ class MetaLabelMethod(Method):
                     buf.copy_(acc.reduce(buf.detach().clone(), reduction="mean"))
 
 
-class BarrierMethod(MetaLabelMethod):
-    """MLC-D and EBOMLC: the dynamic-barrier step with the method's upper loss (rho) and xi."""
+@dataclass(frozen=True)
+class BarrierForm:
+    """What sets EBOMLC's step apart from MLC-D's in barrier_direction and train_step."""
 
-    def _rho_xi(self) -> tuple[float | None, float]:
+    rho: float | None  # mixture weight of the upper loss; None: plain CE (MLC-D)
+    xi: float  # scale of the barrier term
+    upper_mix: str = "logits"  # key of UPPER_MIX
+    main_lower_step: bool = False  # the main model moves to w_hat before its barrier step
+
+
+class BarrierMethod(MetaLabelMethod):
+    """MLC-D and EBOMLC: the dynamic-barrier step in the form the subclass gives."""
+
+    def _form(self) -> BarrierForm:
         raise NotImplementedError
 
     def train_step(self, batch, labels, models, optimizers, accelerator, epoch) -> StepOutput:
         model, meta, scale = self._setup(models, accelerator)
-        clean, clean_labels = self._clean_batch()
-        lr, wd = current_lr_wd(optimizers["model"])
-        rho, xi = self._rho_xi()
-        d = barrier_direction(model, meta, batch.images, labels, clean.images, clean_labels, lr=lr,
-                              weight_decay=wd, config=self.config, rho=rho, xi=xi, autocast=accelerator.autocast,
+        clean_images, clean_labels, mix = self._clean_batch()
+        form = self._form()
+        d = barrier_direction(model, meta, batch.images, labels, clean_images, clean_labels,
+                              inner=InnerSGD.of(optimizers["model"], model), config=self.config, rho=form.rho,
+                              xi=form.xi, upper_mix=form.upper_mix, mix=mix, autocast=accelerator.autocast,
                               reduce=self._reduce_fn(accelerator), scale=scale)
-        self._apply(model, meta, d.w, d.a, optimizers)
+        self._apply(model, meta, d.w, d.a, optimizers, start=d.w_hat if form.main_lower_step else None)
         self._record(batch, labels, d.corrected, d.upper, d.lower)
         self.diag.add("q", d.q)
         self.diag.betas.append(d.beta)
