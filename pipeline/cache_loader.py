@@ -65,7 +65,7 @@ def fit(image: Tensor, side: int, fixed: bool, where: str) -> Tensor:
     if image.shape[1:] != (side, side):
         raise DatasetError(
             f"{where} is {image.shape[2]}x{image.shape[1]} px but the cifar transform expects "
-            f"{side}x{side}; use TransformConfig(kind='imagenet', ...) for images of other or mixed sizes"
+            f"{side}x{side} (data.image_size={side}): set data.transform=imagenet for images of other or mixed sizes"
         )
     return image
 

@@ -191,6 +191,19 @@ class Dataset:
                 raise DatasetError(f"{path}: label {array[bad]} at idx {bad} is outside [0, {self.num_classes})")
         return array
 
+    def check_image_size(self, splits: list[str], side: int) -> None:
+        """data.transform=cifar takes images of exactly side x side px: checked against the sizes the manifest
+        records (older manifests record none; their images are checked as they are decoded)."""
+        for split in splits:
+            low, high = self.split(split).image_size_min, self.split(split).image_size_max
+            if low is None or (low, high) == ((side, side), (side, side)):
+                continue
+            sizes = f"{low[0]}x{low[1]}" if low == high else f"from {low[0]}x{low[1]} to {high[0]}x{high[1]}"
+            raise DatasetError(
+                f"split {split!r} of {self.path} has images of {sizes} px, but data.transform=cifar needs every image "
+                f"{side}x{side} (data.image_size={side}): set data.transform=imagenet for images of other or mixed sizes"
+            )
+
     def _files(self, split_name: str, shards_only: bool) -> list[tuple[str, str, int | None]]:
         """(relative path, sha256, size or None) of the files of a split the manifest lists."""
         split = self.split(split_name)

@@ -3,7 +3,8 @@
 The lock is an flock on ``<folder>/.lock``, which holds the owner's pid for the refusal message.
 A forked child (a conversion worker, a data-loader worker) closes its copy at once: flock locks
 belong to the open file, so a child that kept the copy would keep the folder locked after its
-parent was killed (kill -9 runs no cleanup).
+parent was killed (kill -9 runs no cleanup). Within one process, a new lock of a folder takes over
+from an older one (a Trainer built again after a failed one, whose traceback may still hold it).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class FolderLock:
 
     def __init__(self, folder: Path, busy: str):
         self.path = Path(folder) / LOCK_FILE
+        for older in [lock for lock in _held if lock.path.resolve() == self.path.resolve()]:
+            older.release(remove=False)
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -83,3 +83,25 @@ def test_derived_recipe_merges_method_params():
     config = load_config(CONFIGS / "cifar10_selc.yaml")
     assert config.method.name == "alr"
     assert config.method.params == {"warmup_epochs": 30, "alpha": 0.9, "lam": 0.0}
+
+
+@pytest.mark.parametrize("text, expected", [("no", "no"), ("bf16", "bf16")])
+def test_mixed_precision_no_is_the_string_not_false(text, expected):
+    config = load_config(CONFIGS / "demo_cpu.yaml", [f"mixed_precision={text}"])
+    assert config.mixed_precision == expected
+
+
+def test_yaml_booleans_are_true_and_false_only(tmp_path):
+    (tmp_path / "r.yaml").write_text(f"base: {CONFIGS / 'demo_cpu.yaml'}\nmixed_precision: no\ncpu: true\n")
+    config = load_config(tmp_path / "r.yaml", ["data.augment=false"])
+    assert config.mixed_precision == "no" and config.cpu is True and config.data.augment is False
+    with pytest.raises(ConfigError, match="cpu: Input should be a valid boolean"):
+        load_config(tmp_path / "r.yaml", ["cpu=maybe"])
+
+
+def test_config_error_names_the_key_without_dumping_the_config():
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "demo_cpu.yaml", ["optim.schedule=multistep", "optim.milestones=[3,1]"])
+    message = str(info.value)
+    assert "optim.milestones must be increasing, got [3, 1]" in message
+    assert "'lr'" not in message and "'data'" not in message and "Value error" not in message

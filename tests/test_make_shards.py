@@ -353,3 +353,20 @@ def test_help_explains_the_tool(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--label-set NAME" in text and "--add-label-set" in text and "sym-<rate>-s<seed>" in text
+
+
+def test_manifest_records_image_sizes_and_file_sizes(tmp_path, tiny_dataset):
+    from PIL import Image
+
+    ds = Dataset(tiny_dataset)
+    assert ds.split("train").image_size_min == ds.split("train").image_size_max == (32, 32)
+    for shard in ds.split("train").shards:
+        assert shard.tar_bytes == (tiny_dataset / shard.tar).stat().st_size
+        assert shard.index_bytes == (tiny_dataset / shard.index).stat().st_size
+    src = tmp_path / "src" / "train"
+    for cls, size in (("wide", (400, 200)), ("tall", (90, 300))):
+        (src / cls).mkdir(parents=True)
+        Image.new("RGB", size).save(src / cls / "a.png")
+    assert _run("--source", tmp_path / "src", "--name", "r", "--out", tmp_path / "out", "--resize-shorter", 64) == 0
+    split = Dataset(tmp_path / "out" / "r").split("train")
+    assert (split.image_size_min, split.image_size_max) == ((64, 64), (128, 213))  # as stored, after resizing

@@ -3,10 +3,13 @@
 A recipe may name a `base:` recipe (path relative to itself) and override only what differs, so
 named runs derive from one another instead of copying. Overrides look like `optim.lr=0.05`;
 their values are parsed as YAML scalars, and an unknown or ill-typed key is an error naming it.
+Recipes and overrides read booleans as YAML 1.2 does: only true/false, so `mixed_precision=no`
+is the string "no", not false.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +43,8 @@ class DataConfig(_Section):
     batch_size: int = Field(128, gt=0)  # per process
     eval_batch_size: int = Field(512, gt=0)  # per process
     num_threads: int = Field(2, gt=0)  # DALI / decode worker threads per process
+    verify: Literal["auto", "full", "quick"] = "auto"  # before training, check the shards against the manifest:
+    # full = sha256, quick = existence and size, auto = full up to pipeline.dataset.FULL_VERIFY_BYTES of shards
     mmap: bool = True  # stream mode: DALI memory-maps the tars; false reads them (RSS stays flat, BENCHMARKS.md)
     epoch_samples: int | None = Field(None, gt=0)  # train each epoch on a fresh class-balanced random subset
     # of this many samples (over all processes, by the training labels; Clothing1M: 2000 x 64 = 128000)
@@ -102,6 +107,22 @@ class Config(_Section):
         return self.run_name or f"{self.data.name}-{self.data.label_set}-{self.method.name}-s{self.seed}"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: yes/no/on/off stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
@@ -109,7 +130,7 @@ def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -134,7 +155,10 @@ def _apply_override(tree: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
-    value = yaml.safe_load(text) if text else ""
+    try:
+        value = _yaml(text) if text else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not a YAML scalar or list ({err.problem})") from None
     parts = key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -145,15 +169,20 @@ def _apply_override(tree: dict, override: str) -> None:
 
 
 def _describe(err: ValidationError) -> str:
+    """One clause per error, naming the key; the offending value only when it is short (never a section)."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = repr(e.get("input"))
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r}")
         elif e["type"] == "missing":
             lines.append(f"missing required key {key!r}")
+        elif isinstance(e.get("input"), dict) or len(got) > 60:
+            lines.append(f"{key}: {msg}" if key else msg)
         else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{key}: {msg} (got {got})")
     return "; ".join(lines)
 
 

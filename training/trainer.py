@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from pipeline import transforms
 from pipeline.dataset import Dataset
+from pipeline.locks import FolderLock, FolderLocked
 from pipeline.loader import make_loader
 from pipeline.provenance import code_version
 from pipeline.sampling import BalancedEpochs
@@ -99,12 +100,26 @@ class Trainer:
     def _prepare_run_dir(self, resume: bool) -> None:
         has_checkpoint = self._latest_checkpoint() is not None
         if resume and not has_checkpoint:
-            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_dir}; start the run without --resume")
+            raise ConfigError(f"--resume: no checkpoint under {self.ckpt_dir}; start the run without --resume")
         if not resume and (has_checkpoint or (self.run_dir / "results.json").exists()):
-            raise FileExistsError(
+            raise ConfigError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or set run_name=... "
                 f"or out_dir=... for a new one"
             )
+        # one run per folder: the main process holds the folder's lock until it exits; every process learns
+        # of a refusal (a second run with the same run_name would write the same checkpoints)
+        refusal = [None]
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._run_lock = FolderLock(self.run_dir, f"{self.run_dir} is in use by another run (pid {{pid}}); wait "
+                                            f"for it to finish, or set run_name=... or out_dir=... for a new run")
+            except FolderLocked as err:
+                refusal = [str(err)]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(refusal)
+        if refusal[0] is not None:
+            raise FolderLocked(refusal[0])
         if self.accelerator.is_main_process:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.run_dir / "config.yaml", dump_config(self.config))
@@ -113,6 +128,10 @@ class Trainer:
     def _build_data(self) -> None:
         data, acc = self.config.data, self.accelerator
         self.dataset = Dataset(Path(data.root) / data.name)
+        splits = [data.train_split, data.test_split, *data.extra_test_splits]
+        self.dataset.verify(splits, data.verify, shards_only=True)  # label sets and masks: checked as they load
+        if data.transform == "cifar":
+            self.dataset.check_image_size(splits, data.image_size)
         device = acc.device
         self.label_entry = self.dataset.label_set_entry(data.train_split, data.label_set)
         self.noisy = torch.from_numpy(self.dataset.labels(data.train_split, data.label_set)).to(device)  # (N,)
