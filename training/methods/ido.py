@@ -49,8 +49,8 @@ call the network once per view do) or as one pass over the 2B concatenated image
 one larger batch, usually faster on a GPU). On the CPU, separate passes cost 2.1x a CE step and a
 concatenated one 2.9x (tiny_cnn, batch 128: the 2B activations fall out of cache; BENCHMARKS.md).
 
-q_i, the posterior of the noisy component, is 1 - p_i for two components, so eps_i = p_i F0(x_i)
-+ (1 - q_i)(1 - F1(x_i)) = p_i (F0(x_i) + 1 - F1(x_i)); both are computed as written.
+q_i, the posterior of the noisy component, is 1 - p_i for two components inside (0, 1) (both are 0
+for x > 1), and eps_i = p_i F0(x_i) + (1 - q_i)(1 - F1(x_i)) is computed as written.
 """
 
 from __future__ import annotations
