@@ -1,7 +1,11 @@
 """Cost of a meta label correction step: CE, MLC, MLC-D (k = 5) and EBOMLC side by side.
 
-    python tools/bench_meta.py                          # ResNet-32, 32 noisy + 32 clean, 32x32, CPU
+    python tools/bench_meta.py                          # ResNet-32, 100 noisy + 100 clean, 32x32, CPU
     python tools/bench_meta.py --repeats 30 --model tiny_cnn
+
+Each method runs in its default form (the authors' code: MLC with the clean half-batch in its lower
+loss, MLC-D with both terms of grad Q, EBOMLC with the logit mixture, both terms of grad Q and the
+main model's step to w1); the forms in force are printed.
 
 Every method starts from the same initial weights and takes the same precomputed batches (random
 32x32 images, random labels: the cost of a step does not depend on the pixels). Steps are timed
@@ -38,6 +42,7 @@ from training.models import build_model  # noqa: E402
 from training.outputs import cpu_model  # noqa: E402
 
 METHODS = [("ce", {}), ("mlc", {}), ("mlc_d", {"inner_steps": 5}), ("ebomlc", {})]
+FORM_KEYS = ("clean_in_lower", "inner_steps", "delta", "w1_grad", "upper_mix", "main_lower_step", "rho", "xi")
 
 
 class FixedClean:
@@ -52,15 +57,14 @@ class FixedClean:
         return batch
 
 
-
-
 def make_batches(n: int, batch: int, size: int, classes: int, offset: int, gen: torch.Generator) -> list[Batch]:
     return [Batch(images=torch.randn(batch, 3, size, size, generator=gen),
                   idx=torch.arange(offset + i * batch, offset + (i + 1) * batch)) for i in range(n)]
 
 
 def build_runner(name: str, params: dict, args, labels: torch.Tensor, clean_batches, accelerator):
-    """A callable running one training step of `name` on a batch (models and optimisers inside)."""
+    """(a callable running one training step of `name` on a batch, models and optimisers inside;
+    the method's resolved params)."""
     ctx = MethodContext(num_classes=args.classes, num_samples=len(labels), noisy_labels=labels, clean_labels=labels,
                         epochs=1, base_lr=0.1, build_model=lambda: build_model(args.model, args.classes),
                         build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
@@ -72,6 +76,7 @@ def build_runner(name: str, params: dict, args, labels: torch.Tensor, clean_batc
     optimizers = method.build_optimizers(models)
     for model in models.values():
         model.train()
+    form = method.config.model_dump() if name != "ce" else {}
 
     if not method.custom_step:
         model, opt = models["model"], optimizers["model"]
@@ -81,11 +86,11 @@ def build_runner(name: str, params: dict, args, labels: torch.Tensor, clean_batc
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return step
+        return step, form
 
     def step(batch: Batch) -> None:
         method.train_step(batch, labels[batch.idx], models, optimizers, accelerator, epoch=0)
-    return step
+    return step, form
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("workload")
     g.add_argument("--model", default="resnet32", help="main model (training.models), default resnet32")
-    g.add_argument("--batch", type=int, default=32, help="noisy images per step (and clean images per step)")
+    g.add_argument("--batch", type=int, default=100, help="noisy images per step (and clean images per step)")
     g.add_argument("--size", type=int, default=32, help="image side in px")
     g.add_argument("--classes", type=int, default=10)
     g = parser.add_argument_group("timing")
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     clean = make_batches(rounds, args.batch, args.size, args.classes, rounds * args.batch, gen)
     labels = torch.randint(0, args.classes, (2 * rounds * args.batch,), generator=gen)
     accelerator = Accelerator(cpu=True)
-    runners = {name: build_runner(name, params, args, labels, clean, accelerator) for name, params in METHODS}
+    runners, forms = {}, {}
+    for name, params in METHODS:
+        runners[name], forms[name] = build_runner(name, params, args, labels, clean, accelerator)
 
     times: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(rounds):
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {datetime.date.today()}  {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), python {platform.python_version()}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for name, form in forms.items():
+        shown = {k: v for k, v in form.items() if k in FORM_KEYS}
+        if shown:
+            print(f"# {name}: " + " ".join(f"{k}={v}" for k, v in shown.items()))
     print(f"# {args.warmup} warm-up rounds, {args.repeats} timed rounds (round-robin); median and IQR of s/step")
     med = {n: statistics.median(t) for n, t in times.items()}
     print(f"{'method':<8} {'median s/step':>14} {'IQR':>16} {'x EBOMLC':>9} {'x CE':>7}")
