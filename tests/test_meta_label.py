@@ -131,7 +131,7 @@ def test_meta_model_starts_from_the_official_initialisation(tmp_path):
         assert torch.count_nonzero(layer.bias) == 0
         expected_std = math.sqrt(2 / (layer.in_features + layer.out_features))  # xavier-normal
         assert layer.weight.std().item() == pytest.approx(expected_std, rel=0.15)
-    method, models, optimizers, _, _ = _method("ebomlc", tmp_path)
+    optimizers = _method("ebomlc", tmp_path)[2]
     assert optimizers[META].param_groups[0]["amsgrad"] is True
 
 
@@ -278,8 +278,8 @@ def test_ebomlc_direction_matches_the_formulas_by_hand(w1_grad, upper_mix, with_
 def test_mlc_d_takes_k_inner_steps_and_subtracts_the_gradient_at_w_k():
     model, meta, (x, y), (xc, yc), _ = _tiny_problem(seed=1)
     lr, k = 0.3, 3
-    got = barrier_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr), config=MLCDConfig(inner_steps=k, delta=50.0),
-                            rho=None, xi=1.0)
+    got = barrier_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr),
+                            config=MLCDConfig(inner_steps=k, delta=50.0), rho=None, xi=1.0)
     names, w = zip(*model.named_parameters())
     target = meta(model.features(x).detach(), y).softmax(1).detach()
 

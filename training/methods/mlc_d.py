@@ -10,7 +10,8 @@ Value-function form: min_w F(w) s.t. Q(w, a) = G(w, a) - G(w_k, a) <= 0. Per ste
   3. beta = max(delta - <grad_w F, grad_w Q> / (||grad Q||^2 + 1e-8), 0), delta = 0.5 (Eq. 7;
      grad_a F = 0 since F is plain CE on the clean batch);
   4. w <- SGD step along grad_w F + beta grad_w Q;  a <- Adam step along beta grad_a Q.
-The trainer hands one noisy batch per step, so the k inner steps all use it. The main model learns
+The trainer hands one noisy batch per step, so the k inner steps all use it. `clean_in_lower` (off
+by default, as for EBOMLC) mixes half of the clean batch into G; step_mlcbome accepts one. The main model learns
 from the noisy data only through beta grad_w Q, and g only through beta grad_a Q: the paper
 reports a collapse to about 67 % on CIFAR-10 at every noise level, so a correct MLC-D is poor.
 Main-model passes per step: k + 2 forwards, k + 2 backwards (k + 1 with w1_grad=bome).
