@@ -55,6 +55,9 @@ class TransformConfig:
     resize: int = 256  # imagenet: eval shorter side, and the side of the cached square, px
     augment: bool = True  # false: training images get the eval transform (no crop, no flip), e.g. to let a
     # model memorise wrong labels quickly (the CPU memorisation regime); extra views still differ by their draws
+    upscale: int | None = None  # cifar kind: bilinear upsampling of the finished size x size batch to this side,
+    # e.g. 224 for ImageNet-pretrained backbones (crop/flip at 32 px, then resize: the IDO authors' order)
+    strong_magnitude: int = 10  # m of the strong view's RandAugment (IDO: 5 on CIFAR-10, 10 elsewhere)
 
     def __post_init__(self) -> None:
         if self.kind not in ("cifar", "imagenet"):
@@ -68,6 +71,14 @@ class TransformConfig:
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"TransformConfig: mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+        if self.upscale is not None and (self.kind != "cifar" or self.upscale < self.size):
+            raise ValueError(f"TransformConfig: upscale ({self.upscale}) is for the cifar kind and must be >= size "
+                             f"({self.size}); with the imagenet kind set size instead")
+
+    @property
+    def output_side(self) -> int:
+        """Side of the float batches the model sees."""
+        return self.upscale or self.size
 
 
 def cifar10(**overrides) -> TransformConfig:
@@ -175,8 +186,18 @@ def center_crop(images: Tensor, size: int) -> Tensor:
     return images[:, :, top : top + size, left : left + size]
 
 
+def finish(images: Tensor, config: TransformConfig) -> Tensor:
+    """(B, 3, size, size) pixels -> float32 normalised, upsampled to config.upscale when set. Normalising
+    first is exact: the per-channel affine map commutes with bilinear interpolation."""
+    out = normalise(images, config)
+    if config.upscale is not None and config.upscale != out.shape[-1]:
+        out = F.interpolate(out, size=(config.upscale, config.upscale), mode="bilinear", align_corners=False)
+    return out
+
+
 def apply(images: Tensor, config: TransformConfig, *, train: bool, generator: torch.Generator | None) -> Tensor:
-    """uint8 (B, 3, S, S) with S = stored_side(config) -> float32 (B, 3, size, size) normalised."""
+    """uint8 (B, 3, S, S) with S = stored_side(config) -> float32 (B, 3, side, side) normalised,
+    side = config.output_side."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
     if train and generator is None:
@@ -187,7 +208,7 @@ def apply(images: Tensor, config: TransformConfig, *, train: bool, generator: to
             images = random_crop_flip(images, config.size, config.pad, generator)
         elif images.shape[-1] != config.size or images.shape[-2] != config.size:
             images = center_crop(images, config.size)
-        return normalise(images, config)
+        return finish(images, config)
     if train:
         return normalise(random_resized_crop_flip(images, config.size, generator), config)
     return normalise(center_crop(images, config.size), config)
@@ -512,18 +533,20 @@ def view_crop_flip(images: Tensor, config: TransformConfig, generator: torch.Gen
 
 def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...], *, generator: torch.Generator,
                 strong_generator: torch.Generator | None,
-                augment: RandAugmentConfig = RandAugmentConfig()) -> tuple[Tensor, dict[str, Tensor]]:
+                augment: RandAugmentConfig | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """uint8 (B, 3, S, S) -> (weak, {view name: (B, 3, size, size) float32 normalised}).
 
     weak = view_crop_flip drawn from `generator` (with config.augment false: the eval transform), and
     is also views["weak"] when asked for; it replaces the plain train augmentation as batch.images, and
     takes the same draws from `generator`. "strong" is an independent view_crop_flip + randaugment,
-    drawn from strong_generator, so asking for it never changes the weak images.
+    drawn from strong_generator, so asking for it never changes the weak images. `augment` defaults to
+    RandAugmentConfig(magnitude=config.strong_magnitude).
     """
+    augment = augment or RandAugmentConfig(magnitude=config.strong_magnitude)
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
     if config.augment:
-        weak = normalise(view_crop_flip(images, config, generator), config)
+        weak = finish(view_crop_flip(images, config, generator), config)
     else:
         weak = apply(images, config, train=True, generator=generator)
     out = {}
@@ -533,6 +556,6 @@ def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...],
             continue
         if strong_generator is None:
             raise ValueError("the strong view needs its own torch.Generator (seeded from seed, epoch and process)")
-        out[name] = normalise(randaugment(view_crop_flip(images, config, strong_generator), augment, strong_generator),
-                              config)
+        out[name] = finish(randaugment(view_crop_flip(images, config, strong_generator), augment, strong_generator),
+                           config)
     return weak, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline import transforms as T
 
@@ -129,3 +130,34 @@ def test_config_rejects_unknown_kind_and_is_keyword_only():
         T.TransformConfig(kind="mnist", size=28, mean=(0, 0, 0), std=(1, 1, 1))
     with pytest.raises(TypeError):
         T.TransformConfig("cifar", 32, (0, 0, 0), (1, 1, 1))
+
+
+def test_cifar_upscale_resizes_the_finished_batch_in_every_path():
+    """upscale=224: the 32 px result (train, eval, both views) bilinearly upsampled, same draws."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    small, big = T.cifar10(), T.cifar10(upscale=224)
+    for train in (True, False):
+        expected = F.interpolate(T.apply(images, small, train=train, generator=torch.Generator().manual_seed(1)),
+                                 size=(224, 224), mode="bilinear", align_corners=False)
+        got = T.apply(images, big, train=train, generator=torch.Generator().manual_seed(1))
+        assert got.shape == (4, 3, 224, 224) and torch.allclose(got, expected, atol=1e-5)
+    weak, views = T.train_views(images, big, ("weak", "strong"), generator=torch.Generator().manual_seed(2),
+                                strong_generator=torch.Generator().manual_seed(3))
+    assert weak.shape == views["strong"].shape == (4, 3, 224, 224)
+    with pytest.raises(ValueError, match="upscale"):
+        T.imagenet(upscale=256)
+
+
+def test_strong_magnitude_reaches_the_strong_view():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+
+    def strong(config):
+        _, views = T.train_views(images, config, ("strong",), generator=torch.Generator().manual_seed(0),
+                                 strong_generator=torch.Generator().manual_seed(1))
+        return views["strong"]
+
+    explicit = T.train_views(images, T.cifar10(), ("strong",), generator=torch.Generator().manual_seed(0),
+                             strong_generator=torch.Generator().manual_seed(1),
+                             augment=T.RandAugmentConfig(magnitude=5))[1]["strong"]
+    assert torch.equal(strong(T.cifar10(strong_magnitude=5)), explicit)
+    assert not torch.equal(strong(T.cifar10(strong_magnitude=10)), explicit)

@@ -40,6 +40,9 @@ class DataConfig(_Section):
     transform: Literal["cifar", "imagenet"] = "cifar"
     augment: bool = True  # false: train on the eval transform (no crop/flip/resized crop), every loader mode
     image_size: int = Field(32, gt=0)  # output side in px (32 CIFAR, 224 ImageNet-style)
+    upscale: int | None = Field(None, gt=0)  # cifar transform: upsample the finished 32 px batch to this side
+    # (224 for ImageNet-pretrained backbones, as the IDO authors do: crop/flip at 32 px, then resize)
+    strong_magnitude: int = Field(10, ge=2, le=10)  # m of the strong view's RandAugment (IDO: 5 on CIFAR-10)
     batch_size: int = Field(128, gt=0)  # per process
     eval_batch_size: int = Field(512, gt=0)  # per process
     num_threads: int = Field(2, gt=0)  # DALI / decode worker threads per process
@@ -73,6 +76,14 @@ class OptimConfig(_Section):
         return self
 
 
+class StateConfig(_Section):
+    """Where the sample store keeps the method's per-sample arrays (DESIGN rule 5)."""
+
+    placement: Literal["auto", "device", "host"] = "auto"  # auto: the training device when it is a CUDA GPU and
+    # the arrays fit in device_budget_gib, else host memory (numba kernels); device on a CPU run = torch on CPU
+    device_budget_gib: float = Field(4.0, gt=0)  # per process, all arrays together
+
+
 class MethodConfig(_Section):
     name: str = "ce"  # a name from training.methods.METHODS
     params: dict[str, Any] = {}  # validated by the method's own config model
@@ -83,6 +94,7 @@ class Config(_Section):
     model: ModelConfig
     optim: OptimConfig
     method: MethodConfig = MethodConfig()
+    state: StateConfig = StateConfig()
     epochs: int = Field(gt=0)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -92,6 +104,10 @@ class Config(_Section):
     eval_every: int = Field(1, gt=0)  # epochs
     keep_checkpoints: int = Field(1, ge=1)  # most recent epoch checkpoints kept
     deterministic: bool = False  # torch deterministic algorithms (slower; for exact resume tests)
+    log_every: int = Field(50, gt=0)  # steps between reads of the loss from the device (progress bar and the
+    # non-finite check); the steps in between never wait for the device
+    channels_last: bool = False  # models in NHWC memory layout (faster convolutions on tensor-core GPUs)
+    compile: bool = False  # torch.compile every model (first steps slower while it compiles; GPU runs)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

@@ -7,6 +7,7 @@ step) or its own train step, then measures, logs and checkpoints the same way fo
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from functools import partial
@@ -65,7 +66,9 @@ def _check_devices(config: Config) -> None:
 
 def _transform(config: Config) -> transforms.TransformConfig:
     preset = transforms.cifar10 if config.data.transform == "cifar" else transforms.imagenet
-    return preset(size=config.data.image_size, augment=config.data.augment)
+    data = config.data
+    return preset(size=data.image_size, augment=data.augment, upscale=data.upscale,
+                  strong_magnitude=data.strong_magnitude)
 
 
 class Trainer:
@@ -253,7 +256,9 @@ class Trainer:
         tally = TrainTally(has_clean=self.clean is not None)
         bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
-        for batch in bar:
+        checked = 0  # steps whose losses are known to be finite
+        step = 0
+        for step, batch in enumerate(bar, start=1):
             labels = self.noisy[batch.idx]  # (B,) int64 given labels
             if method.custom_step:
                 out = method.train_step(batch, labels, self.models, self.optimizers, acc, epoch)
@@ -268,14 +273,25 @@ class Trainer:
             for scheduler in self.schedulers.values():
                 scheduler.step()
             loss = out.terms["loss"].detach()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"epoch {epoch + 1}: loss is {loss.item()} (batch idx {batch.idx[:8].tolist()}...); "
-                    f"lower optim.lr or use mixed_precision=bf16 instead of fp16"
-                )
             tally.add(out.logits, loss, labels, self.clean[batch.idx] if self.clean is not None else None)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % self.config.log_every == 0:
+                bar.set_postfix(loss=f"{self._check_losses(tally, loss, epoch, checked, step):.3f}")
+                checked = step
+        if step > checked:
+            self._check_losses(tally, loss, epoch, checked, step)
         return tally.reduced(acc)
+
+    @staticmethod
+    def _check_losses(tally: TrainTally, loss: torch.Tensor, epoch: int, checked: int, step: int) -> float:
+        """The latest loss, read from the device (one host sync); raises if a loss since step `checked` was
+        not finite (it then poisons the tally's loss sum, so checking every log_every steps misses none)."""
+        latest, total = torch.stack([loss.double(), tally.loss_sum()]).tolist()
+        if not math.isfinite(total):
+            raise FloatingPointError(
+                f"epoch {epoch + 1}: a loss of steps {checked + 1}..{step} is not finite (latest {latest}); "
+                f"lower optim.lr or use mixed_precision=bf16 instead of fp16 (log_every=1 finds the step)"
+            )
+        return latest
 
     def _soft_label_diagnostics(self) -> dict:
         name = self.method.soft_label_array
