@@ -5,8 +5,6 @@ dropped and duplicates are removed by idx, so every sample counts exactly once."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -51,36 +49,46 @@ def top1_top5(top: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return float(hits[:, 0].float().mean()), float(hits.any(dim=1).float().mean())
 
 
-@dataclass
-class TrainTally:
-    """Sums over one epoch's training batches (this process only until `reduced`)."""
+FIELDS = ["samples", "loss_sum", "correct_noisy", "correct_clean", "mislabelled", "memorised"]
+LOSS_SUM = FIELDS.index("loss_sum")
 
-    has_clean: bool  # clean labels are known, so clean accuracy and memorisation can be measured
-    samples: float = 0.0
-    loss_sum: float = 0.0  # sum of per-batch loss x batch size
-    correct_noisy: float = 0.0  # prediction == given (noisy) label
-    correct_clean: float = 0.0  # prediction == clean label
-    mislabelled: float = 0.0  # samples whose given label != clean label
-    memorised: float = 0.0  # mislabelled samples predicted as their given (wrong) label
+
+class TrainTally:
+    """Sums over one epoch's training batches (this process only until `reduced`).
+
+    The sums live in one float64 tensor on the batches' device and `add` only launches device ops, so
+    a training step never waits for the device to report a number (no host sync); `reduced` reads
+    them once at the end of the epoch. Fields: samples, loss_sum (per-batch loss x batch size),
+    correct_noisy (prediction == given label), correct_clean (prediction == clean label),
+    mislabelled (given != clean), memorised (mislabelled and predicted as the given label).
+    """
+
+    def __init__(self, has_clean: bool):
+        self.has_clean = has_clean  # clean labels are known, so clean accuracy and memorisation can be measured
+        self.totals: torch.Tensor | None = None  # (len(FIELDS),) float64, on the device of the first batch
 
     def add(self, logits: torch.Tensor, loss: torch.Tensor, noisy: torch.Tensor, clean: torch.Tensor | None) -> None:
-        """logits (B, K); noisy, clean (B,) int64 labels of the batch (clean None when unknown)."""
+        """logits (B, K); loss () the batch mean; noisy, clean (B,) int64 labels (clean None when unknown)."""
         pred = logits.argmax(dim=1)
-        n = pred.numel()
-        self.samples += n
-        self.loss_sum += float(loss) * n
-        self.correct_noisy += float((pred == noisy).sum())
+        hit_noisy = pred == noisy
+        n = torch.full((), float(pred.numel()), dtype=torch.float64, device=pred.device)  # a fill, not a copy
+        terms = [n, loss.detach().double() * n, hit_noisy.sum()]
         if self.has_clean:
             wrong = noisy != clean
-            self.correct_clean += float((pred == clean).sum())
-            self.mislabelled += float(wrong.sum())
-            self.memorised += float((wrong & (pred == noisy)).sum())
+            terms += [(pred == clean).sum(), wrong.sum(), (wrong & hit_noisy).sum()]
+        else:
+            terms += [torch.zeros((), dtype=torch.int64, device=pred.device)] * 3
+        step = torch.stack([t.to(torch.float64) for t in terms])
+        self.totals = step if self.totals is None else self.totals + step
+
+    def loss_sum(self) -> torch.Tensor | None:
+        """() float64 on the device: non-finite once any batch so far had a non-finite loss."""
+        return None if self.totals is None else self.totals[LOSS_SUM]
 
     def reduced(self, accelerator) -> dict[str, float]:
-        fields = ["samples", "loss_sum", "correct_noisy", "correct_clean", "mislabelled", "memorised"]
-        totals = torch.tensor([getattr(self, f) for f in fields], dtype=torch.float64, device=accelerator.device)
-        totals = accelerator.reduce(totals, reduction="sum")
-        t = dict(zip(fields, totals.tolist()))
+        totals = self.totals if self.totals is not None else torch.zeros(len(FIELDS), dtype=torch.float64)
+        totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum")
+        t = dict(zip(FIELDS, totals.tolist()))
         n = max(t["samples"], 1.0)
         out = {
             "train_samples": int(t["samples"]),
