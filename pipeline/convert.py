@@ -173,8 +173,9 @@ def build_label_sets(split: SplitArrays, classes: list[str], req: LabelRequests)
         pixels = split.pixels() if callable(split.pixels) else split.pixels
         labels = noise.generate(spec, split.clean, classes, split.coarse, pixels)
         params = {"rate": spec.rate, "seed": spec.seed, "applied_to": "clean labels in idx order"}
-        if spec.kind == "asym":
-            params["variant"] = "cifar10-map" if set(classes) == set(noise.CIFAR10_CLASSES) else "cifar100-superclass"
+        variant = noise.variant(spec, classes, split.coarse)
+        if variant:
+            params["variant"] = variant
         out[name] = (labels, spec.generator, params)
     for name, path in req.label_files.items():
         in_source_order = read_label_file(path, len(split.source_index), len(classes))

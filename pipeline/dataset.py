@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from pipeline import noise
 from pipeline.errors import UserError
 from pipeline.shards import sha256_file
 
@@ -151,6 +152,9 @@ class Dataset:
                 f"{self.path}: split {split!r} has no label set {name!r}; it has {sorted(sets)}. "
                 f"Add one with tools/make_shards.py --add-label-set"
             )
+        outdated = noise.outdated_label_set(name, sets[name].params)
+        if outdated:
+            raise DatasetError(f"{self.path}, split {split!r}: {outdated}")
         return sets[name]
 
     def labels(self, split: str, name: str = "clean") -> np.ndarray:

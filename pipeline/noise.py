@@ -4,6 +4,10 @@ Every generator is a pure function ``(labels, rate, rng[, extra]) -> new labels`
 shape) that never modifies its input; the same labels, rate and seed give the same output on every
 machine (numpy's PCG64 stream is platform independent). Label-set names carry the generator, rate
 and seed, e.g. ``sym-0.40-s0``; :func:`parse_noise_spec` turns a name into a :class:`NoiseSpec`.
+
+CIFAR-100 ``asym`` follows the published convention (fine index i -> the next index in its block of
+5, cyclically); the true-superclass map is ``asym-super``. Manifests from before that change record
+``asym`` with variant ``cifar100-superclass``: :func:`outdated_label_set` says why such a set is refused.
 """
 
 from __future__ import annotations
@@ -73,10 +77,22 @@ def asymmetric_cifar10(labels: np.ndarray, rate: float, rng: np.random.Generator
     return _flip_with_map(labels, rate, rng, target)
 
 
+def cifar100_block_map() -> np.ndarray:
+    """target[i] = 5*(i//5) + (i+1)%5: the next index inside i's block of 5, cyclically. The map of
+    every published CIFAR-100 asym number (SELC, ALR, ELR, DivideMix, IDO code), which call the blocks
+    "superclasses" although the alphabetical fine indices make them unrelated to the coarse classes."""
+    i = np.arange(100)
+    return 5 * (i // 5) + (i + 1) % 5
+
+
+def asymmetric_cifar100(labels: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Each class moves to the next class of its block of 5 (cifar100_block_map) with probability rate."""
+    return _flip_with_map(labels, rate, rng, cifar100_block_map())
+
+
 def cifar100_superclass_map(fine: np.ndarray, coarse: np.ndarray, num_classes: int = 100) -> np.ndarray:
-    """target[f] = the next fine class (by index, cyclic) inside f's superclass, read from the data's
-    (fine, coarse) pairs. Not the index blocks of 5 some code uses: CIFAR-100's fine labels are
-    alphabetical, so blocks of 5 consecutive indices are not superclasses."""
+    """target[f] = the next fine class (by index, cyclic) inside f's true superclass, read from the
+    data's (fine, coarse) pairs (``asym-super``; no published number uses it)."""
     fine = np.asarray(fine, dtype=np.int64)
     coarse = np.asarray(coarse, dtype=np.int64)
     if fine.shape != coarse.shape:
@@ -93,8 +109,8 @@ def cifar100_superclass_map(fine: np.ndarray, coarse: np.ndarray, num_classes: i
     return target
 
 
-def asymmetric_cifar100(labels: np.ndarray, rate: float, rng: np.random.Generator, coarse_labels: np.ndarray, num_classes: int = 100) -> np.ndarray:
-    """Each class moves to the next fine class of its superclass with probability rate."""
+def asymmetric_cifar100_superclass(labels: np.ndarray, rate: float, rng: np.random.Generator, coarse_labels: np.ndarray, num_classes: int = 100) -> np.ndarray:
+    """Each class moves to the next fine class of its true superclass with probability rate."""
     return _flip_with_map(labels, rate, rng, cifar100_superclass_map(labels, coarse_labels, num_classes))
 
 
@@ -201,14 +217,16 @@ KINDS = {
     "sym": "symmetric",
     "symx": "symmetric-exclusive",
     "asym": "asymmetric",
+    "asym-super": "asymmetric",
     "pair": "pair-flip",
     "flip": "random-flip",
     "idn": "instance-dependent",
 }
-_NAME_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<rate>[01]\.\d\d)-s(?P<seed>\d+)$")
+_NAME_RE = re.compile(r"^(?P<kind>[a-z]+(?:-[a-z]+)?)-(?P<rate>[01]\.\d\d)-s(?P<seed>\d+)$")
 ACCEPTED_FORMS = (
     "sym-<rate>-s<seed> (symmetric over all K), symx-<rate>-s<seed> (to another class), "
-    "asym-<rate>-s<seed> (CIFAR-10 map or CIFAR-100 superclasses), pair-<rate>-s<seed> (i -> i+1), "
+    "asym-<rate>-s<seed> (CIFAR-10 map or CIFAR-100 blocks of 5), "
+    "asym-super-<rate>-s<seed> (CIFAR-100 true superclasses), pair-<rate>-s<seed> (i -> i+1), "
     "flip-<rate>-s<seed> (i -> one fixed random j != i, MLC/EBOMLC), "
     "idn-<rate>-s<seed> (instance-dependent); rate with two decimals in [0.00, 1.00], e.g. sym-0.40-s0"
 )
@@ -220,7 +238,7 @@ class NoiseSpecError(UserError, ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class NoiseSpec:
-    kind: str  # key of KINDS: "sym", "symx", "asym", "pair", "flip", "idn"
+    kind: str  # key of KINDS: "sym", "symx", "asym", "asym-super", "pair", "flip", "idn"
     rate: float  # target noise rate in [0, 1]
     seed: int
 
@@ -234,7 +252,10 @@ class NoiseSpec:
 
     def rng(self) -> np.random.Generator:
         # The kind is mixed into the seed so sym-0.40-s0 and pair-0.40-s0 draw unrelated streams.
-        return np.random.default_rng([self.seed, zlib.crc32(self.kind.encode())])
+        # asym-super shares asym's stream: it then gives exactly the labels (and sha256) that CIFAR-100
+        # asym gave before asym followed the published blocks of 5.
+        stream = "asym" if self.kind == "asym-super" else self.kind
+        return np.random.default_rng([self.seed, zlib.crc32(stream.encode())])
 
 
 def parse_noise_spec(name: str) -> NoiseSpec:
@@ -255,6 +276,43 @@ def is_noise_spec(name: str) -> bool:
     return True
 
 
+def variant(spec: NoiseSpec, classes: list[str], coarse_labels: np.ndarray | None) -> str | None:
+    """The map an asymmetric spec means on a dataset (recorded as the manifest's "variant"); None for
+    other kinds. CIFAR-100 is recognised by its coarse labels, which only its official pickles carry
+    (so fine indices are in the official order the blocks of 5 refer to)."""
+    if spec.kind not in ("asym", "asym-super"):
+        return None
+    is_cifar100 = coarse_labels is not None and len(classes) == 100
+    if spec.kind == "asym-super":
+        if not is_cifar100:
+            raise NoiseSpecError(f"{spec.name}: true-superclass noise needs CIFAR-100 with its coarse labels")
+        return "cifar100-superclass"
+    if set(classes) == set(CIFAR10_CLASSES):
+        return "cifar10-map"
+    if is_cifar100:
+        return "cifar100-blocks5"
+    raise NoiseSpecError(
+        f"{spec.name}: asymmetric noise is defined for CIFAR-10 classes or CIFAR-100 with its coarse "
+        f"labels; this dataset has neither, use pair-{spec.rate:.2f}-s{spec.seed} instead"
+    )
+
+
+def outdated_label_set(name: str, params: dict) -> str | None:
+    """Why a label set recorded in a manifest no longer means what its name says now, or None: CIFAR-100
+    ``asym`` converted before it followed the published blocks of 5 (recorded variant
+    cifar100-superclass) must not pass for the new one."""
+    if not is_noise_spec(name):
+        return None
+    spec = parse_noise_spec(name)
+    if spec.kind != "asym" or params.get("variant") != "cifar100-superclass":
+        return None
+    return (
+        f"label set {name!r} was generated when CIFAR-100 asym meant true superclasses; asym now follows the "
+        f"published blocks of 5. Regenerate it with tools/make_shards.py --add-label-set --label-set {name} "
+        f"--force, or add asym-super-{spec.rate:.2f}-s{spec.seed}, which gives those old labels"
+    )
+
+
 def generate(
     spec: NoiseSpec,
     clean: np.ndarray,
@@ -262,7 +320,7 @@ def generate(
     coarse_labels: np.ndarray | None = None,
     images: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Applies the generator a spec names; picks the asymmetric variant from the dataset's classes."""
+    """Applies the generator a spec names; the asymmetric map is the one :func:`variant` picks."""
     k = len(classes)
     rng = spec.rng()
     if spec.kind == "sym":
@@ -273,15 +331,13 @@ def generate(
         return pair_flip(clean, spec.rate, rng, k)
     if spec.kind == "flip":
         return random_flip(clean, spec.rate, rng, k)
-    if spec.kind == "asym":
-        if set(classes) == set(CIFAR10_CLASSES):
-            return asymmetric_cifar10(clean, spec.rate, rng, classes)
-        if coarse_labels is not None:
-            return asymmetric_cifar100(clean, spec.rate, rng, coarse_labels, k)
-        raise NoiseSpecError(
-            f"{spec.name}: asymmetric noise is defined for CIFAR-10 classes or data with CIFAR-100 coarse "
-            f"labels; this dataset has neither, use pair-{spec.rate:.2f}-s{spec.seed} instead"
-        )
+    asym = variant(spec, classes, coarse_labels)
+    if asym == "cifar10-map":
+        return asymmetric_cifar10(clean, spec.rate, rng, classes)
+    if asym == "cifar100-blocks5":
+        return asymmetric_cifar100(clean, spec.rate, rng)
+    if asym == "cifar100-superclass":
+        return asymmetric_cifar100_superclass(clean, spec.rate, rng, coarse_labels, k)
     if spec.kind == "idn":
         if images is None:
             raise NoiseSpecError(f"{spec.name}: instance-dependent noise needs the images")

@@ -14,7 +14,7 @@ from test_sources import write_cifar100_python
 
 from pipeline import convert as convert_mod
 from pipeline import noise
-from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset, DatasetError
 from pipeline.shards import read_shard, sha256_file
 
 main = make_shards_main()
@@ -85,15 +85,32 @@ def test_demo_archive_with_cifar10n_npz_and_clean_subset(tmp_path, demo_archive)
 def test_cifar100_pickles_convert_with_coarse_and_asym(tmp_path):
     write_cifar100_python(tmp_path / "raw", n=40)
     assert _run("--source", tmp_path / "raw", "--name", "c100", "--out", tmp_path / "out",
-                "--label-set", "asym-1.00-s0") == 0
+                "--label-set", "asym-1.00-s0", "--label-set", "asym-super-1.00-s0") == 0
     ds = Dataset(tmp_path / "out" / "c100")
     ds.verify()
     assert ds.manifest.image_ext == "png" and ds.num_classes == 100
     clean, coarse = ds.labels("train"), ds.labels("train", "coarse")
-    noisy = ds.labels("train", "asym-1.00-s0")
     assert np.array_equal(coarse, clean % 20)
-    assert ds.label_set_entry("train", "asym-1.00-s0").params["variant"] == "cifar100-superclass"
-    assert np.all(noisy % 20 == clean % 20)  # stays in the superclass
+    assert ds.label_set_entry("train", "asym-1.00-s0").params["variant"] == "cifar100-blocks5"
+    assert np.array_equal(ds.labels("train", "asym-1.00-s0"), 5 * (clean // 5) + (clean + 1) % 5)
+    assert ds.label_set_entry("train", "asym-super-1.00-s0").params["variant"] == "cifar100-superclass"
+    superclass = ds.labels("train", "asym-super-1.00-s0")
+    assert np.all(superclass % 20 == clean % 20) and np.all(superclass != clean)  # stays in the superclass
+
+
+def test_cifar100_asym_from_before_the_blocks_of_5_is_refused_until_regenerated(tmp_path, capsys):
+    write_cifar100_python(tmp_path / "raw", n=40)
+    out = tmp_path / "out"
+    assert _run("--source", tmp_path / "raw", "--name", "c100", "--out", out, "--label-set", "asym-1.00-s0") == 0
+    manifest = json.loads((out / "c100" / "manifest.json").read_text())
+    manifest["splits"]["train"]["label_sets"]["asym-1.00-s0"]["params"]["variant"] = "cifar100-superclass"
+    (out / "c100" / "manifest.json").write_text(json.dumps(manifest))  # as converted by the old code
+    with pytest.raises(DatasetError, match="asym-super-1.00-s0"):
+        Dataset(out / "c100").labels("train", "asym-1.00-s0")
+    assert _run("--add-label-set", "--name", "c100", "--out", out, "--label-set", "asym-1.00-s0", "--force") == 0
+    ds = Dataset(out / "c100")
+    clean = ds.labels("train")
+    assert np.array_equal(ds.labels("train", "asym-1.00-s0"), 5 * (clean // 5) + (clean + 1) % 5)
 
 
 def test_idn_label_set_from_convert(tmp_path):

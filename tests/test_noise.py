@@ -34,6 +34,11 @@ def test_symmetric_exclusive_never_keeps_the_true_label_of_chosen_samples():
     clean = _balanced()
     noisy = noise.symmetric_exclusive(clean, 0.4, np.random.default_rng(1), K)
     assert noise.noise_rate(clean, noisy) == pytest.approx(0.4, abs=1 / N)  # exactly round(0.4 N) flipped
+    # the flipped mass is spread evenly over the K-1 other classes
+    t = noise.transition_matrix(clean, noisy, K)
+    expected = np.full((K, K), 0.4 / (K - 1))
+    np.fill_diagonal(expected, 0.6)
+    assert np.abs(t - expected).max() < _tol(0.4, N // K)
     noisy_all = noise.symmetric_exclusive(clean, 1.0, np.random.default_rng(1), K)
     assert np.all(noisy_all != clean)
 
@@ -80,18 +85,80 @@ def test_asymmetric_cifar10_follows_class_names_not_positions():
     assert np.all(noisy[clean == truck] == auto)
 
 
+CIFAR100 = [f"fine{i:02d}" for i in range(100)]
+# fine -> coarse with superclasses NOT made of consecutive indices, as in the real (alphabetical) CIFAR-100
+PARENT = np.random.default_rng(0).permutation(np.repeat(np.arange(20), 5))
+
+
+def test_cifar100_block_map_is_the_published_blocks_of_5():
+    target = noise.cifar100_block_map()
+    assert [target[i] for i in (0, 3, 4, 5, 9, 97, 99)] == [1, 4, 0, 6, 5, 98, 95]
+    for start in range(0, 100, 5):  # each block is one 5-cycle
+        block = np.arange(start, start + 5)
+        assert list(target[block]) == list(np.roll(block, -1))
+
+
+def test_cifar100_asym_transition_matrix_follows_the_blocks_not_the_superclasses():
+    """asym-0.40 on CIFAR-100 (recognised by its coarse labels): T = 0.6 I + 0.4 at (i, next in block)."""
+    clean = _balanced(50_000, 100)
+    noisy = noise.generate(noise.parse_noise_spec("asym-0.40-s0"), clean, CIFAR100, PARENT[clean])
+    t = noise.transition_matrix(clean, noisy, 100)
+    expected = 0.6 * np.eye(100)
+    expected[np.arange(100), noise.cifar100_block_map()] = 0.4
+    assert np.abs(t - expected).max() < _tol(0.4, 500)
+    assert abs(noise.noise_rate(clean, noisy) - 0.4) < _tol(0.4, len(clean))
+
+
 def test_cifar100_superclass_map_cycles_inside_each_superclass():
-    rng = np.random.default_rng(0)
-    parent = rng.permutation(np.repeat(np.arange(20), 5))  # fine -> coarse, superclasses not contiguous
     fine = np.tile(np.arange(100), 30)
-    target = noise.cifar100_superclass_map(fine, parent[fine])
+    target = noise.cifar100_superclass_map(fine, PARENT[fine])
     for c in range(20):
-        members = np.flatnonzero(parent == c)
+        members = np.flatnonzero(PARENT == c)
         assert list(target[members]) == list(np.roll(members, -1))
-    noisy = noise.asymmetric_cifar100(fine, 1.0, np.random.default_rng(0), parent[fine])
-    assert np.all(parent[noisy] == parent[fine]) and np.all(noisy != fine)
-    half = noise.asymmetric_cifar100(fine, 0.3, np.random.default_rng(0), parent[fine])
-    assert abs(noise.noise_rate(fine, half) - 0.3) < _tol(0.3, len(fine))
+    noisy = noise.asymmetric_cifar100_superclass(fine, 1.0, np.random.default_rng(0), PARENT[fine])
+    assert np.all(PARENT[noisy] == PARENT[fine]) and np.all(noisy != fine)
+
+
+def test_asym_super_transition_matrix_and_shared_stream_with_asym():
+    """asym-super keeps the true-superclass map and flips the same samples as asym (same stream), so it
+    reproduces the labels CIFAR-100 asym gave before it followed the blocks of 5."""
+    clean = _balanced(50_000, 100)
+    sup = noise.generate(noise.parse_noise_spec("asym-super-0.30-s2"), clean, CIFAR100, PARENT[clean])
+    t = noise.transition_matrix(clean, sup, 100)
+    expected = 0.7 * np.eye(100)
+    expected[np.arange(100), noise.cifar100_superclass_map(clean, PARENT[clean])] = 0.3
+    assert np.abs(t - expected).max() < _tol(0.3, 500)
+    blocks = noise.generate(noise.parse_noise_spec("asym-0.30-s2"), clean, CIFAR100, PARENT[clean])
+    assert np.array_equal(sup != clean, blocks != clean) and not np.array_equal(sup, blocks)
+
+
+@pytest.mark.parametrize(
+    "name,classes,coarse,message",
+    [("asym-super-0.40-s0", noise.CIFAR10_CLASSES, None, "coarse labels"),
+     ("asym-0.40-s0", CIFAR100, None, "pair-0.40-s0")],  # 100 classes without coarse labels: not CIFAR-100
+)
+def test_asymmetric_kinds_refuse_datasets_they_are_not_defined_for(name, classes, coarse, message):
+    with pytest.raises(noise.NoiseSpecError, match=message):
+        noise.generate(noise.parse_noise_spec(name), _balanced(200, len(classes)), classes, coarse)
+
+
+@pytest.mark.parametrize(
+    "name,classes,coarse,recorded",
+    [("asym-0.40-s0", noise.CIFAR10_CLASSES, None, "cifar10-map"),
+     ("asym-0.40-s0", CIFAR100, PARENT, "cifar100-blocks5"),
+     ("asym-super-0.40-s0", CIFAR100, PARENT, "cifar100-superclass"),
+     ("sym-0.40-s0", CIFAR100, PARENT, None)],
+)
+def test_variant_recorded_per_asymmetric_map(name, classes, coarse, recorded):
+    assert noise.variant(noise.parse_noise_spec(name), classes, coarse) == recorded
+
+
+def test_outdated_label_set_flags_only_cifar100_asym_with_the_old_superclass_meaning():
+    reason = noise.outdated_label_set("asym-0.40-s1", {"variant": "cifar100-superclass"})
+    assert "asym-super-0.40-s1" in reason and "--force" in reason
+    assert noise.outdated_label_set("asym-0.40-s1", {"variant": "cifar100-blocks5"}) is None
+    assert noise.outdated_label_set("asym-super-0.40-s1", {"variant": "cifar100-superclass"}) is None
+    assert noise.outdated_label_set("cifar100n-noisy", {"variant": "cifar100-superclass"}) is None
 
 
 def test_pair_flip_moves_to_next_class_with_probability_r():
@@ -126,14 +193,18 @@ def test_transition_matrix_rows_are_normalised_and_absent_classes_zero():
 @pytest.mark.parametrize(
     "name,kind,rate,seed",
     [("sym-0.40-s0", "sym", 0.4, 0), ("symx-0.20-s3", "symx", 0.2, 3), ("asym-0.40-s0", "asym", 0.4, 0),
-     ("pair-0.45-s12", "pair", 0.45, 12), ("idn-0.40-s1", "idn", 0.4, 1)],
+     ("pair-0.45-s12", "pair", 0.45, 12), ("idn-0.40-s1", "idn", 0.4, 1),
+     ("asym-super-0.40-s0", "asym-super", 0.4, 0)],
 )
 def test_parse_noise_spec_accepts_the_documented_forms(name, kind, rate, seed):
     spec = noise.parse_noise_spec(name)
     assert (spec.kind, spec.rate, spec.seed, spec.name) == (kind, rate, seed, name)
 
 
-@pytest.mark.parametrize("name", ["sym-0.4-s0", "gauss-0.40-s0", "sym-1.50-s0", "sym-0.40", "cifar10n-worse"])
+@pytest.mark.parametrize(
+    "name", ["sym-0.4-s0", "gauss-0.40-s0", "sym-1.50-s0", "sym-0.40", "cifar10n-worse", "super-asym-0.40-s0",
+             "asym-super-x-0.40-s0"],
+)
 def test_parse_noise_spec_rejects_other_names_listing_accepted_forms(name):
     with pytest.raises(noise.NoiseSpecError, match="accepted forms"):
         noise.parse_noise_spec(name)
