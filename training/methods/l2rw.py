@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.batch import Batch
-from training.config import ConfigError
 from state.spec import ArraySpec
 from training.methods.base import DataNeeds, Method, StepOutput
 from training.methods.lookahead import current_lr_wd
-from training.methods.reweighting import l2rw_meta_gradient, l2rw_weights, weight_diagnostics
+from training.methods.reweighting import (check_lookahead_setup, l2rw_meta_gradient, l2rw_weights,
+                                          weight_diagnostics)
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,7 @@ class L2RW(Method):
         return [ArraySpec(WEIGHT, (), "float32", -1.0), ArraySpec(SCORE, (), "float32", 0.0)]
 
     def _check_setup(self, accelerator) -> None:
-        if accelerator.num_processes > 1:
-            raise ConfigError(
-                f"method 'l2rw' runs in one process only ({accelerator.num_processes} were launched): its meta "
-                f"step differentiates through a one-step look-ahead, which under DDP would use each process's "
-                f"unreduced gradient and its own clean batch. Run it without accelerate launch (one GPU), or use "
-                f"method.name=surrogate, which supports several processes"
-            )
-        if accelerator.mixed_precision == "fp16":
-            raise ConfigError("method 'l2rw': its meta gradient is not loss-scaled, so fp16 can underflow; "
-                               "use mixed_precision=bf16 or no")
+        check_lookahead_setup(self.name, accelerator)
         self._checked = True
 
     def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:

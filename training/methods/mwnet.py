@@ -29,10 +29,9 @@ from torch import nn
 
 from pipeline.batch import Batch
 from state.spec import ArraySpec
-from training.config import ConfigError
 from training.methods.base import DataNeeds, Method, StepOutput
 from training.methods.lookahead import current_lr_wd, forward_with, lookahead
-from training.methods.reweighting import weight_diagnostics
+from training.methods.reweighting import check_lookahead_setup, weight_diagnostics
 
 WEIGHT = "weight"
 WEIGHT_NET = "weight_net"  # the weighting MLP (and its optimiser) in the trainer's dicts
@@ -92,16 +91,7 @@ class MWNet(Method):
                                              weight_decay=self.config.meta_weight_decay)}
 
     def _check_setup(self, accelerator) -> None:
-        if accelerator.num_processes > 1:
-            raise ConfigError(
-                f"method 'mwnet' runs in one process only ({accelerator.num_processes} were launched): like "
-                f"l2rw, its meta step differentiates through a one-step look-ahead, which under DDP would use each "
-                f"process's unreduced gradient and its own clean batch. Run it without accelerate launch (one "
-                f"GPU), or use method.name=surrogate, which supports several processes"
-            )
-        if accelerator.mixed_precision == "fp16":
-            raise ConfigError("method 'mwnet': its meta gradient is not loss-scaled, so fp16 can underflow; "
-                              "use mixed_precision=bf16 or no")
+        check_lookahead_setup(self.name, accelerator)
         self._checked = True
 
     def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:

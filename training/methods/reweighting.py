@@ -124,6 +124,20 @@ def alpha0_at(epoch: int, num_classes: int, alpha0_epochs: int, alpha0: float | 
 # ------------------------------------------------------------------ L2RW (Ren et al. 2018)
 
 
+def check_lookahead_setup(method: str, accelerator) -> None:
+    """The look-ahead meta methods (L2RW, MW-Net) run in one process, without fp16: refuse the others."""
+    if accelerator.num_processes > 1:
+        raise ConfigError(
+            f"method {method!r} runs in one process only ({accelerator.num_processes} were launched): its meta "
+            f"step differentiates through a one-step look-ahead, which under DDP would use each process's "
+            f"unreduced gradient and its own clean batch. Run it without accelerate launch (one GPU), or use "
+            f"method.name=surrogate, which supports several processes"
+        )
+    if accelerator.mixed_precision == "fp16":
+        raise ConfigError(f"method {method!r}: its meta gradient is not loss-scaled, so fp16 can underflow; "
+                          f"use mixed_precision=bf16 or no")
+
+
 def l2rw_meta_gradient(model: nn.Module, ce: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
                        lr: float, weight_decay: float = 0.0) -> torch.Tensor:
     """g_i = -d L_clean(w_hat(eps)) / d eps_i at eps = 0, where w_hat = w - lr * grad_w(sum_i eps_i ce_i)
