@@ -14,11 +14,13 @@ Why numba and a plain loop: an update touches B (4,096) rows of an N x K table; 
 reads and writes each touched row once, in place, without the temporaries of numpy fancy
 indexing (`t[idx] = a*t[idx] + (1-a)*v` builds three (B, K) arrays) or a torch round trip.
 Loops are serial on purpose: sequential order is the defined semantics for repeated idx.
+A device-resident store uses the torch twins at the end of this file instead.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numba import njit
 
 SUPPORTED_DTYPES = ("float32", "float64", "int32", "int64")
@@ -132,3 +134,41 @@ def first_occurrences_ref(idx: np.ndarray, num_rows: int) -> tuple[np.ndarray, i
     valid = np.flatnonzero(idx != -1)
     _, first = np.unique(idx[valid], return_index=True)
     return valid[np.sort(first)].astype(np.int64), -1
+
+
+# ---------------------------------------------------------------------------------------------
+# torch twins for device-resident tables (the store keeps them on the training device)
+#
+# Same arithmetic as the numba kernels, as batched index ops that never wait for the device. They
+# assume unique idx: the store first redirects padding, duplicates and out-of-range idx to a
+# scratch row N that nothing reads (index_copy_ with a repeated idx keeps an unspecified one of
+# its rows, so only the scratch row may repeat).
+def gather_rows_torch(table, idx):
+    """table (N, R) tensor, idx (B,) int64 on its device -> (B, R) copy of table[idx]."""
+    return table.index_select(0, idx)
+
+
+def set_rows_torch(table, idx, values):
+    table.index_copy_(0, idx, values)
+
+
+def ema_rows_torch(table, idx, values, alpha: float):
+    """In float64, rounded once to the table's dtype, as ema_rows: bit-identical results."""
+    rows = table.index_select(0, idx).double()
+    table.index_copy_(0, idx, (alpha * rows + (1.0 - alpha) * values.double()).to(table.dtype))
+
+
+def add_rows_torch(table, idx, values):
+    table.index_copy_(0, idx, table.index_select(0, idx) + values)
+
+
+def first_occurrences_torch(idx, num_rows: int):
+    """Masks over a gathered idx (B,) tensor: (keep: in range and the first occurrence of its idx, bad: outside
+    [0, num_rows) and not the -1 sentinel). Fixed shapes, so no host sync; a stable sort keeps the first."""
+    in_range = (idx >= 0) & (idx < num_rows)
+    bad = ~in_range & (idx != -1)
+    ordered, order = torch.sort(idx, stable=True)
+    first_in_order = torch.ones_like(ordered, dtype=torch.bool)
+    first_in_order[1:] = ordered[1:] != ordered[:-1]
+    first = torch.empty_like(first_in_order).scatter_(0, order, first_in_order)
+    return first & in_range, bad

@@ -1,13 +1,20 @@
-"""SampleStore: per-sample arrays a method declares, replicated in host memory and updated by numba kernels.
+"""SampleStore: per-sample arrays a method declares, replicated on every process, where the step runs.
 
-DESIGN rule 5. Each ArraySpec becomes a numpy array (N, *row_shape) indexed by the global idx.
-Updates arrive as (idx, values) batches from the training step; every update call
+DESIGN rule 5. Each ArraySpec becomes an array (N, *row_shape) indexed by the global idx, kept
+either on the training device as a torch tensor (device-resident: torch index ops, no host round
+trip per step) or in host memory as a numpy array (host-resident: numba kernels); `choose_placement`
+picks one. Both give bit-identical results through one API. Updates arrive as (idx, values)
+batches from the training step; every update call
 
 1. gathers the step's (idx, values) from all processes (state.sync; unequal batch sizes are padded
    with idx = -1),
 2. drops the padding sentinels and duplicate idx, keeping the first occurrence in gathered order
    (process 0's rows first, then process 1's, ...): duplicates are padding repeats of a sample,
 3. runs the kernel (state.kernels) on the table.
+
+A device-resident store does step 2 with fixed-shape masks (dropped rows go to a scratch row N),
+so no step waits for the device; an idx outside [0, N) is then reported at the next read of the
+store from the host (store[name], snapshot, check()) instead of by the update itself.
 
 Every process applies the same rows in the same order, so the replicas stay bit-identical.
 Update calls are collective: with several processes every process must make the same sequence of
@@ -54,6 +61,27 @@ logger = logging.getLogger(__name__)
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32, "int64": torch.int64}
 
 
+PLACEMENTS = ("auto", "device", "host")
+
+
+def store_bytes(specs: list[ArraySpec], num_samples: int) -> int:
+    """Bytes of all the arrays of a store of `num_samples` rows (per process)."""
+    return sum(num_samples * int(np.prod(s.row_shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize for s in specs)
+
+
+def choose_placement(placement: str, specs: list[ArraySpec], num_samples: int, device: torch.device,
+                     budget_bytes: float) -> torch.device | None:
+    """The device for a device-resident store, or None for host memory. auto: the training device when it is
+    a CUDA GPU and the arrays fit in budget_bytes; device: the training device whatever its kind."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"state placement {placement!r}: use one of {PLACEMENTS}")
+    device = torch.device(device)
+    if placement == "device" or (placement == "auto" and device.type == "cuda"
+                                 and store_bytes(specs, num_samples) <= budget_bytes):
+        return device
+    return None
+
+
 def _to_numpy(x, dtype: np.dtype | None = None) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach()
@@ -65,10 +93,14 @@ def _to_numpy(x, dtype: np.dtype | None = None) -> np.ndarray:
 
 
 class SampleStore:
-    """Per-sample arrays (one per ArraySpec), rows indexed by the global idx, replicated on every process."""
+    """Per-sample arrays (one per ArraySpec), rows indexed by the global idx, replicated on every process.
+
+    device=None keeps them in host memory (numba kernels); a torch device keeps them there (torch ops).
+    """
 
     def __init__(self, specs: list[ArraySpec], num_samples: int, *, labels: np.ndarray | torch.Tensor | None = None,
-                 num_classes: int | None = None, comm: Communicator | None = None):
+                 num_classes: int | None = None, comm: Communicator | None = None,
+                 device: torch.device | str | None = None):
         if num_samples < 1:
             raise ValueError(f"SampleStore needs num_samples >= 1, got {num_samples}")
         self.specs = {s.name: s for s in specs}
@@ -76,12 +108,32 @@ class SampleStore:
             raise ValueError(f"duplicate array names in {[s.name for s in specs]}")
         self.num_samples = int(num_samples)
         self.comm = comm or SingleProcess()
-        self._tables: dict[str, np.ndarray] = {}
+        self.device = None if device is None else torch.device(device)
+        # host: numpy (N, *row_shape); device: torch (N + 1, *row_shape), row N the scratch row of dropped updates
+        self._tables: dict[str, np.ndarray | torch.Tensor] = {}
         self._seen = np.zeros(self.num_samples, dtype=np.uint8)  # scratch of kernels.first_occurrences
+        # device: (count, an example) of idx outside [0, N) since the last check, kept on the device
+        self._bad = None if self.device is None else torch.zeros(2, dtype=torch.int64, device=self.device)
         self.snapshot_dir: str | None = None
         self.snapshot_tag: str | None = None
         for spec in specs:
-            self._tables[spec.name] = self._init_table(spec, labels, num_classes)
+            self._tables[spec.name] = self._placed(self._init_table(spec, labels, num_classes))
+        where = "host memory (numba kernels)" if self.device is None else f"{self.device} (torch)"
+        logger.info("sample store: %s, %.1f MB per process, in %s", self.names,
+                    store_bytes(specs, self.num_samples) / 2**20, where)
+
+    @property
+    def placement(self) -> str:
+        return "host" if self.device is None else "device"
+
+    def _placed(self, array: np.ndarray) -> np.ndarray | torch.Tensor:
+        """A full (N, ...) numpy array as this store keeps it."""
+        if self.device is None:
+            return np.ascontiguousarray(array)
+        table = torch.zeros((array.shape[0] + 1, *array.shape[1:]), dtype=_TORCH_DTYPES[array.dtype.name],
+                            device=self.device)
+        table[: array.shape[0]] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return table
 
     # -----------------------------------------------------------------------------------------
     # construction
@@ -122,17 +174,30 @@ class SampleStore:
         return list(self._tables)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        """The whole array (N, *row_shape) as a read-only view (change it only through the update methods)."""
-        view = self._table(name).view()
+        """The whole array (N, *row_shape) as a read-only numpy array (change it only through the update methods).
+
+        Host-resident: a view; device-resident: a host copy (one device read, for epoch-end use)."""
+        table = self._table(name)
+        if self.device is not None:
+            self.check()
+            table = table[: self.num_samples].cpu().numpy()
+        view = table.view()
         view.flags.writeable = False
         return view
 
-    def gather(self, name: str, idx) -> np.ndarray:
-        """Rows of `name` for a batch: idx (B,) int (numpy or torch, any device) -> numpy (B, *row_shape).
+    def gather(self, name: str, idx) -> np.ndarray | torch.Tensor:
+        """Rows of `name` for a batch: idx (B,) int (numpy or torch, any device) -> (B, *row_shape), a numpy
+        array when host-resident, a tensor on the store's device when device-resident.
 
-        The caller moves the result to its device (torch.from_numpy(rows).to(device, non_blocking=True)).
+        torch.as_tensor(rows, device=device) takes either to the caller's device (a no-op for the tensor).
         """
         table = self._table(name)
+        if self.device is not None:
+            idx = torch.as_tensor(idx).reshape(-1).to(device=self.device, dtype=torch.int64)
+            bad = (idx < 0) | (idx >= self.num_samples)
+            self._note_bad(idx, bad)
+            rows = kernels.gather_rows_torch(self._flat(table), torch.where(bad, 0, idx))
+            return rows.reshape((idx.shape[0], *table.shape[1:]))
         idx = _to_numpy(idx, np.int64).reshape(-1)
         bad = np.flatnonzero((idx < 0) | (idx >= self.num_samples))
         if len(bad):
@@ -144,7 +209,8 @@ class SampleStore:
     # -----------------------------------------------------------------------------------------
     # updates (collective)
     def set(self, name: str, idx, values) -> int:
-        """Rows idx := values. Returns the number of rows written after gathering and de-duplication."""
+        """Rows idx := values. Returns the number of rows written after gathering and de-duplication (an int;
+        a 0-dim tensor on the device when device-resident, so that the step need not wait for it)."""
         return self._update(name, idx, values, "set")
 
     def ema(self, name: str, idx, values, alpha: float) -> int:
@@ -157,23 +223,28 @@ class SampleStore:
         """Rows idx += values (counters). Returns the rows updated."""
         return self._update(name, idx, values, "add")
 
-    def _update(self, name: str, idx, values, op: str, alpha: float = 0.0) -> int:
+    def _update(self, name: str, idx, values, op: str, alpha: float = 0.0) -> int | torch.Tensor:
         table = self._table(name)
-        if op == "ema" and table.dtype.name not in kernels.FLOAT_DTYPES:
-            raise TypeError(f"ema({name!r}): array dtype {table.dtype} is not a float type; use set or add")
+        dtype = self.specs[name].dtype
+        if op == "ema" and dtype not in kernels.FLOAT_DTYPES:
+            raise TypeError(f"ema({name!r}): array dtype {dtype} is not a float type; use set or add")
         row_shape = table.shape[1:]
         idx_t = torch.as_tensor(idx).reshape(-1).to(torch.int64)
         values_t = torch.as_tensor(values)
-        # Gather on the values' device (NCCL needs CUDA tensors), idx follows.
+        # Gather on the store's device, else the values' device (NCCL needs CUDA tensors); idx follows.
         device = values_t.device if isinstance(values, torch.Tensor) else idx_t.device
+        device = self.device or device
         idx_t = idx_t.to(device)
         if values_t.ndim == 0:  # a scalar for every row, e.g. add(name, idx, 1)
             values_t = values_t.expand((idx_t.shape[0], *row_shape))
         if tuple(values_t.shape) != (idx_t.shape[0], *row_shape):
             raise ValueError(f"{op}({name!r}): values have shape {tuple(values_t.shape)}, expected "
                              f"{(idx_t.shape[0], *row_shape)} for {idx_t.shape[0]} idx")
-        values_t = values_t.to(device=device, dtype=_TORCH_DTYPES[table.dtype.name]).contiguous()
+        values_t = values_t.to(device=device, dtype=_TORCH_DTYPES[dtype]).contiguous()
         idx_t, values_t = self.comm.all_gather_padded(idx_t, values_t)
+        if self.device is not None:
+            width = int(np.prod(row_shape, dtype=np.int64))
+            return self._update_on_device(table, idx_t, values_t.reshape(idx_t.shape[0], width), op, alpha)
         idx_np = _to_numpy(idx_t, np.int64)
         values_np = _to_numpy(values_t, table.dtype).reshape(idx_np.shape[0], -1)
         keep, bad = kernels.first_occurrences(idx_np, self.num_samples, self._seen)
@@ -191,6 +262,39 @@ class SampleStore:
             kernels.add_rows(flat, idx_np, values_np)
         return int(idx_np.shape[0])
 
+    def _update_on_device(self, table: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, op: str,
+                          alpha: float) -> torch.Tensor:
+        keep, bad = kernels.first_occurrences_torch(idx, self.num_samples)
+        self._note_bad(idx, bad)
+        target = torch.where(keep, idx, self.num_samples)  # dropped rows land on the scratch row
+        flat = self._flat(table)
+        if op == "set":
+            kernels.set_rows_torch(flat, target, values)
+        elif op == "ema":
+            kernels.ema_rows_torch(flat, target, values, alpha)
+        else:
+            kernels.add_rows_torch(flat, target, values)
+        return keep.sum()
+
+    def _note_bad(self, idx: torch.Tensor, bad: torch.Tensor) -> None:
+        """Counts idx outside [0, N) on the device and keeps the first one seen, for check()."""
+        # index_select, not idx[t]: indexing with a 0-dim tensor reads it on the host
+        first = idx.index_select(0, bad.to(torch.uint8).argmax().reshape(1))[0] if idx.numel() else self._bad[1]
+        self._bad[1] = torch.where((self._bad[0] == 0) & bad.any(), first, self._bad[1])
+        self._bad[0] += bad.sum()
+
+    def check(self) -> None:
+        """Device-resident: raise if an update or gather since the last check had an idx outside [0, N) (those
+        rows were dropped). One device read; the trainer calls it once an epoch. Host-resident: a no-op, the
+        calls themselves raise."""
+        if self._bad is None:
+            return
+        count, example = self._bad.tolist()
+        if count:
+            self._bad.zero_()
+            raise IndexError(f"the sample store was given {count} idx outside [0, {self.num_samples}) since the "
+                             f"last check, e.g. {example}; the batches' idx do not belong to this split")
+
     # -----------------------------------------------------------------------------------------
     # persistence and checkpoints
     def _spec_dicts(self) -> list[dict[str, Any]]:
@@ -202,7 +306,8 @@ class SampleStore:
 
         Keeps the newest `keep` versions. Afterwards state_dict() names this version.
         """
-        info = persist.write_snapshot(directory, tag, self._tables, self._spec_dicts(), comm=self.comm, keep=keep)
+        arrays = self._tables if self.device is None else {name: self[name] for name in self.names}
+        info = persist.write_snapshot(directory, tag, arrays, self._spec_dicts(), comm=self.comm, keep=keep)
         self.snapshot_dir, self.snapshot_tag = str(directory), tag
         return info
 
@@ -214,11 +319,12 @@ class SampleStore:
             raise ValueError(f"snapshot {tag!r} under {directory} has {attrs['num_samples']} samples, "
                              f"this store {self.num_samples}; it belongs to another split or dataset")
         for name, arr in arrays.items():
-            table = self._tables[name]
-            if arr.shape != table.shape or arr.dtype != table.dtype:
+            spec = self.specs[name]
+            shape = (self.num_samples, *spec.row_shape)
+            if arr.shape != shape or arr.dtype != np.dtype(spec.dtype):
                 raise ValueError(f"snapshot {tag!r} array {name!r} is {arr.shape} {arr.dtype}, the method "
-                                 f"declares {table.shape} {table.dtype}; was the method's config changed?")
-            self._tables[name] = np.ascontiguousarray(arr)
+                                 f"declares {shape} {spec.dtype}; was the method's config changed?")
+            self._tables[name] = self._placed(arr)
         self.snapshot_dir, self.snapshot_tag = str(directory), tag
         logger.info("sample store loaded snapshot %s from %s", tag, directory)
         return tag
@@ -239,12 +345,12 @@ class SampleStore:
         self.load(snapshot_dir, state["tag"])
 
     # -----------------------------------------------------------------------------------------
-    def _table(self, name: str) -> np.ndarray:
+    def _table(self, name: str) -> np.ndarray | torch.Tensor:
         try:
             return self._tables[name]
         except KeyError:
             raise KeyError(f"sample store has no array {name!r}; it has {self.names}") from None
 
     @staticmethod
-    def _flat(table: np.ndarray) -> np.ndarray:
-        return table.reshape(table.shape[0], -1)  # (N, R) view of a C-contiguous table
+    def _flat(table):
+        return table.reshape(table.shape[0], -1)  # (N, R) view of a C-contiguous table (numpy or torch)

@@ -1,7 +1,8 @@
 """One process of the real 2-process sample-store test (tests/test_state_sync.py).
 
     ACCELERATE_USE_CPU=1 python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \
-        --main_process_port <port> --mixed_precision no --dynamo_backend no tests/state_sync_worker.py <out dir>
+        --main_process_port <port> --mixed_precision no --dynamo_backend no tests/state_sync_worker.py <out dir> \
+        [host|device]
 
 Every process walks the same deterministic stream of global batches (`make_stream`), takes its own
 part of each (unequal sizes, the last part padded with repeats of its first idx as a sharded
@@ -84,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     from state.store import SampleStore
     from state.sync import communicator_for
 
-    out = Path((argv if argv is not None else sys.argv[1:])[0])
+    args = argv if argv is not None else sys.argv[1:]
+    out = Path(args[0])
+    device = "cpu" if args[1:] == ["device"] else None  # the store's placement; "device" is the CPU here
     accelerator = Accelerator(cpu=True)
     rank, world = accelerator.process_index, accelerator.num_processes
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     zarr.storage.LocalStore.set = recording_set
 
     comm = communicator_for(accelerator)
-    store = SampleStore(specs(), N, labels=labels(), num_classes=K, comm=comm)
+    store = SampleStore(specs(), N, labels=labels(), num_classes=K, comm=comm, device=device)
     accelerator.register_for_checkpointing(store)
     state_dir = out / "run" / "state.zarr"
     for step, parts in make_stream(world):
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.load_state(str(out / "run" / "checkpoints" / "checkpoint_0"))
     roundtrip = all(np.array_equal(store[name], final[name]) for name in final)
 
-    fresh = SampleStore(specs(), N, labels=labels(), num_classes=K, comm=comm)
+    fresh = SampleStore(specs(), N, labels=labels(), num_classes=K, comm=comm, device=device)
     fresh.load(state_dir)
     loaded_equal = all(np.array_equal(fresh[name], final[name]) for name in final)
 

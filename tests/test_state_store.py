@@ -1,4 +1,7 @@
-"""SampleStore: initialisation, update semantics, snapshots (atomic, pruned, one writer per shard)."""
+"""SampleStore: initialisation, update semantics, snapshots (atomic, pruned, one writer per shard).
+
+Behaviour tests run on both placements: host-resident (numpy + numba) and device-resident (torch;
+the "device" here is the CPU, the same code paths as on a GPU)."""
 
 from __future__ import annotations
 
@@ -29,14 +32,27 @@ def _labels():
     return np.arange(N) % K
 
 
-def _store(**kw):
-    return SampleStore(_specs(), N, labels=_labels(), num_classes=K, **kw)
+DEVICES = {"host": None, "device": "cpu"}
+
+
+@pytest.fixture(params=list(DEVICES))
+def placement(request) -> str:
+    return request.param
+
+
+def _store(placement="host", **kw):
+    return SampleStore(_specs(), N, labels=_labels(), num_classes=K, device=DEVICES[placement], **kw)
+
+
+def _numpy(rows):
+    return rows.numpy() if isinstance(rows, torch.Tensor) else rows
 
 
 # ---------------------------------------------------------------------------------------------
 # construction and reading
-def test_store_init_one_hot_from_labels_and_constants():
-    store = SampleStore(_specs(), N, labels=torch.as_tensor(_labels()), num_classes=K)
+def test_store_init_one_hot_from_labels_and_constants(placement):
+    store = SampleStore(_specs(), N, labels=torch.as_tensor(_labels()), num_classes=K, device=DEVICES[placement])
+    assert store.placement == placement
     soft = store["soft"]
     assert soft.shape == (N, K) and soft.dtype == np.float32
     np.testing.assert_array_equal(soft.argmax(1), _labels())
@@ -58,28 +74,40 @@ def test_store_init_rejects_bad_labels_naming_the_sample():
         SampleStore([ArraySpec("h", (), "float16", 0.0)], N)
 
 
-def test_store_item_is_read_only():
-    store = _store()
+def test_store_item_is_read_only(placement):
+    store = _store(placement)
     with pytest.raises(ValueError):
         store["count"][0] = 1
 
 
-def test_store_gather_accepts_torch_and_numpy_and_checks_range():
-    store = _store()
+def test_store_gather_accepts_torch_and_numpy_and_checks_range(placement):
+    store = _store(placement)
     rows = store.gather("soft", torch.tensor([5, 1, 5]))
-    assert isinstance(rows, np.ndarray) and rows.shape == (3, K)
-    np.testing.assert_array_equal(rows, store["soft"][[5, 1, 5]])
-    np.testing.assert_array_equal(store.gather("pair", np.array([2])), store["pair"][[2]])
-    with pytest.raises(IndexError, match="outside"):
-        store.gather("soft", [N])
+    assert isinstance(rows, np.ndarray if placement == "host" else torch.Tensor) and rows.shape == (3, K)
+    np.testing.assert_array_equal(_numpy(rows), store["soft"][[5, 1, 5]])
+    np.testing.assert_array_equal(_numpy(store.gather("pair", np.array([2]))), store["pair"][[2]])
     with pytest.raises(KeyError, match="no array 'nope'"):
         store.gather("nope", [0])
+    with pytest.raises(IndexError, match="outside"):
+        store.gather("soft", [N])
+        store.check()  # device-resident: the step does not wait, the next check raises
+
+
+def test_device_store_reports_bad_idx_at_the_next_check_and_drops_them():
+    store = _store("device")
+    before = store["count"].copy()
+    store.add("count", torch.tensor([2, N + 5, -7, 3]), 1)  # -7 is not the padding sentinel -1
+    store.add("count", torch.tensor([N]), 1)
+    with pytest.raises(IndexError, match=rf"3 idx outside \[0, {N}\).*e\.g\. {N + 5}"):
+        store["count"]
+    after = store["count"]  # reported once; the good rows were applied, the bad ones dropped
+    assert after[2] == before[2] + 1 and after[3] == before[3] + 1 and after.sum() == before.sum() + 2
 
 
 # ---------------------------------------------------------------------------------------------
 # updates: sentinels and duplicates dropped, first occurrence kept
-def test_store_updates_drop_sentinels_and_keep_first_duplicate():
-    store = _store()
+def test_store_updates_drop_sentinels_and_keep_first_duplicate(placement):
+    store = _store(placement)
     idx = torch.tensor([3, -1, 3, 8, 8])
     soft = torch.tensor([[0.0, 0.0, 0.0, 1.0], [9, 9, 9, 9], [1.0, 0.0, 0.0, 0.0],
                          [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
@@ -96,8 +124,8 @@ def test_store_updates_drop_sentinels_and_keep_first_duplicate():
     assert (store["pair"][4] == -2).all() and (store["pair"][5] == 5).all()
 
 
-def test_store_update_accepts_half_precision_and_rejects_bad_input():
-    store = _store()
+def test_store_update_accepts_half_precision_and_rejects_bad_input(placement):
+    store = _store(placement)
     store.ema("soft", torch.tensor([0]), torch.ones(1, K, dtype=torch.bfloat16), 0.0)
     np.testing.assert_array_equal(store["soft"][0], np.ones(K))
     with pytest.raises(ValueError, match="expected"):
@@ -106,6 +134,7 @@ def test_store_update_accepts_half_precision_and_rejects_bad_input():
         store.ema("count", [0], [1], 0.5)
     with pytest.raises(IndexError, match="outside"):
         store.add("count", [N + 3], [1])
+        store.check()
     with pytest.raises(ValueError, match="alpha"):
         store.ema("soft", [0], np.zeros((1, K)), 1.5)
 
@@ -131,8 +160,8 @@ def _assert_equal(got, want):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-def test_snapshot_load_round_trip_and_state_dict(tmp_path):
-    store = _store()
+def test_snapshot_load_round_trip_and_state_dict(tmp_path, placement):
+    store = _store(placement)
     _mutate(store, 0)
     saved = _copy(store)
     with pytest.raises(RuntimeError, match="no snapshot yet"):
@@ -143,7 +172,7 @@ def test_snapshot_load_round_trip_and_state_dict(tmp_path):
     _mutate(store, 1)
     store.snapshot(tmp_path / "state.zarr", "epoch-0002")
 
-    fresh = _store()
+    fresh = _store(placement)
     assert fresh.load(tmp_path / "state.zarr") == "epoch-0002"  # CURRENT
     _assert_equal(_copy(fresh), _copy(store))
     fresh.load_state_dict(state)  # what accelerator.load_state does: the checkpoint's own version
@@ -295,3 +324,53 @@ def test_snapshot_with_several_writers_uses_owner_sized_shards(tmp_path, monkeyp
         for rank, items in written.items():
             a, b = lay.block(rank)
             assert all(a <= lo and hi <= b for n, lo, hi in items if n == name)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two placements give identical results
+def test_device_and_host_stores_agree_bit_for_bit_through_updates_and_snapshots(tmp_path):
+    host, device = _store("host"), _store("device")
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        idx = rng.integers(-1, N, 60)  # sentinels and repeats: only first occurrences apply
+        soft = rng.dirichlet(np.ones(K), 60).astype(np.float32)
+        weight = rng.random(60)
+        for store in (host, device):
+            store.ema("soft", torch.as_tensor(idx), torch.as_tensor(soft), 0.7)
+            store.add("count", idx, np.ones(60, np.int32))
+            store.set("weight", idx, weight)
+        _assert_equal(_copy(device), _copy(host))
+    host.snapshot(tmp_path / "h", "t")
+    device.snapshot(tmp_path / "d", "t")
+    crossed = {"host<-device": _store("host"), "device<-host": _store("device")}
+    crossed["host<-device"].load(tmp_path / "d")
+    crossed["device<-host"].load(tmp_path / "h")
+    for store in crossed.values():
+        _assert_equal(_copy(store), _copy(host))
+    idx = torch.tensor([4, 9, 4])
+    np.testing.assert_array_equal(_numpy(crossed["device<-host"].gather("soft", idx)), host.gather("soft", idx))
+
+
+def test_alr_steps_give_the_same_soft_targets_and_losses_on_both_placements():
+    from training.methods import METHODS
+    from training.methods.base import MethodContext
+
+    n, k = 40, 5
+    labels = torch.arange(n) % k
+    results = {}
+    for placement in DEVICES:
+        ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=labels, clean_labels=None, epochs=3,
+                            base_lr=0.1, build_model=None, build_optimizer=None, out_dir=None, is_main_process=True)
+        method = METHODS["alr"](METHODS["alr"].Config(warmup_epochs=0), ctx)
+        method.store = SampleStore(method.state_arrays(), n, labels=labels, num_classes=k,
+                                   device=DEVICES[placement])
+        gen = torch.Generator().manual_seed(0)
+        losses = []
+        for _ in range(4):
+            idx = torch.randperm(n, generator=gen)[:16]
+            logits = torch.randn(16, k, generator=gen)
+            batch = type("Batch", (), {"idx": idx})()
+            losses.append(method.loss(logits, labels[idx], batch, epoch=1)["loss"])
+        results[placement] = (torch.stack(losses), method.store["soft_target"])
+    torch.testing.assert_close(results["device"][0], results["host"][0], rtol=0, atol=0)
+    np.testing.assert_array_equal(results["device"][1], results["host"][1])

@@ -46,13 +46,14 @@ def test_single_process_communicator_is_identity():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_never_share_a_shard(tmp_path):
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_two_processes_match_one_process_and_never_share_a_shard(tmp_path, placement):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     # `accelerate launch --cpu --num_processes 2` starts ONE process here; --multi_gpu with
     # ACCELERATE_USE_CPU=1 runs torchrun with two CPU processes on gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(REPO / "tests" / "state_sync_worker.py"), str(tmp_path)]
+           "--dynamo_backend", "no", str(REPO / "tests" / "state_sync_worker.py"), str(tmp_path), placement]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
 

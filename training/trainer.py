@@ -26,7 +26,7 @@ from pipeline.provenance import code_version
 from pipeline.sampling import BalancedEpochs
 from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
-from state.store import SampleStore
+from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
 from training.evaluation import TrainTally, predict, soft_label_diagnostics, top1_top5
 from training.methods import build_method
@@ -194,8 +194,10 @@ class Trainer:
         specs = self.method.state_arrays()
         self.store = None
         if specs:
+            device = choose_placement(cfg.state.placement, specs, ctx.num_samples, acc.device,
+                                      cfg.state.device_budget_gib * 2**30)
             self.store = SampleStore(specs, ctx.num_samples, labels=self.noisy.cpu(), num_classes=ctx.num_classes,
-                                     comm=communicator_for(acc))
+                                     comm=communicator_for(acc), device=device)
             self.method.store = self.store
         self.clean_subset = self._clean_subset() if self.method.needs.clean_subset else None
         self.method.clean = self.clean_subset
@@ -316,6 +318,8 @@ class Trainer:
             lr = self.schedulers["model"].get_last_lr()[0]
             start = time.perf_counter()
             row = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(epoch)}
+            if self.store is not None:
+                self.store.check()
             if acc.num_processes > 1 or torch.cuda.is_available():
                 acc.wait_for_everyone()
             seconds = time.perf_counter() - start
