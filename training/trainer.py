@@ -6,8 +6,10 @@ step) or its own train step, then measures, logs and checkpoints the same way fo
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import os
 import shutil
 import time
 from functools import partial
@@ -62,6 +64,11 @@ def _check_devices(config: Config) -> None:
     gpu = torch.cuda.is_available() and not config.cpu
     if config.mixed_precision == "fp16" and not gpu:
         raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; on CPU use mixed_precision=bf16 or no")
+    if config.compile:  # inductor writes Triton kernels on a GPU, C++ on the CPU
+        if gpu and importlib.util.find_spec("triton") is None:
+            raise ConfigError("compile=true on a GPU needs triton (pip install triton); or set compile=false")
+        if not gpu and shutil.which(os.environ.get("CXX", "g++")) is None:
+            raise ConfigError("compile=true on CPU needs a C++ compiler (g++, or set CXX); or set compile=false")
 
 
 def _transform(config: Config) -> transforms.TransformConfig:
@@ -204,7 +211,7 @@ class Trainer:
 
     def _build_models(self) -> None:
         cfg, acc, method = self.config, self.accelerator, self.method
-        self.models = {name: acc.prepare(model) for name, model in method.build_models().items()}
+        self.models = {name: acc.prepare(self._for_speed(model)) for name, model in method.build_models().items()}
         self.optimizers = {name: acc.prepare(opt) for name, opt in method.build_optimizers(self.models).items()}
         steps = len(self.train_loader)
 
@@ -215,6 +222,15 @@ class Trainer:
         # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
                            for name, opt in self.optimizers.items() if name not in method.unscheduled}
+
+    def _for_speed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """channels_last: NHWC weights, so convolutions run NHWC (cuDNN picks the layout from the weight or the
+        input); compile: Module.compile() in place, which keeps the parameter names of checkpoints."""
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.config.compile:
+            model.compile()
+        return model
 
     # ------------------------------------------------------------------ checkpoints
 
