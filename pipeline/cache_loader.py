@@ -6,7 +6,8 @@ from the cached tensor and augmented with the batched ops of pipeline/transforms
 
 Decoding reads the tars with pipeline.shards.read_shard and decodes with torchvision.io: on a
 CUDA device JPEGs are decoded in batched lists by nvJPEG; on the CPU, one thread per shard.
-With views=("weak", "strong") every batch also carries both views (T.train_views).
+With views=("weak", "strong") (or any names from T.VIEW_NAMES) every batch also carries those views
+(T.train_views).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset, DatasetError
-from pipeline.loader import derive_seed, epoch_plan, strong_view_generator
+from pipeline.loader import derive_seed, epoch_plan, view_generators
 from pipeline.shards import read_shard
 from pipeline.split_loader import SplitLoader
 
@@ -182,12 +183,12 @@ class CacheLoader(SplitLoader):
         if self.train:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
-        strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
+        extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         for lo, hi in self._bounds:
             idx = mine[lo:hi]  # (B,) int64
             if self.views:
                 images, views = T.train_views(self.images[idx], self.transform, self.views, generator=generator,
-                                              strong_generator=strong)
+                                              generators=extra)
                 yield Batch(images=images, idx=idx, views=views)
                 continue
             images = T.apply(self.images[idx], self.transform, train=self.train, generator=generator)

@@ -12,7 +12,7 @@
     per-epoch subset        with `sampling` (pipeline/sampling.py) the reader is replaced by an external
                             source that feeds this process's drawn idx, read by idx from the tars
                             (pipeline/random_access.py), batch by batch; decoding is the same
-    views (cifar kind)      views=("weak", "strong"): the same torch ops also make the views
+    views (cifar kind)      views=("weak", "strong") etc.: the same torch ops also make the views
                             (T.train_views); the imagenet kind has no views in stream mode (its
                             augmentation is DALI's: use the cache mode for multi-view methods)
 
@@ -51,7 +51,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
+from pipeline.loader import derive_seed, epoch_plan, part_bounds, view_generators
 from pipeline.split_loader import SplitLoader
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
@@ -192,10 +192,10 @@ class DaliLoader(SplitLoader):
         epoch = self.epoch
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
         generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
-        strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
+        extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         batches = self._subset_epoch(epoch) if self.sampling is not None else self._split_epoch(epoch)
         for images, idx in batches:
-            yield self._batch(images, idx, generator, strong)
+            yield self._batch(images, idx, generator, extra)
         self.epoch = epoch + 1
 
     def _split_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -242,7 +242,7 @@ class DaliLoader(SplitLoader):
             del iterator
 
     def _batch(self, images: torch.Tensor, idx: torch.Tensor, generator: torch.Generator,
-               strong: torch.Generator | None = None) -> Batch:
+               extra: dict[str, torch.Generator]) -> Batch:
         images = images.to(self.device, non_blocking=True)
         idx = idx.to(self.device, non_blocking=True)
         if self.exclude is not None:
@@ -253,7 +253,7 @@ class DaliLoader(SplitLoader):
             with _one_torch_thread() if self.device.type == "cpu" else nullcontext():
                 if self.views:
                     images, views = T.train_views(images.permute(0, 3, 1, 2), self.transform, self.views,
-                                                  generator=generator, strong_generator=strong)
+                                                  generator=generator, generators=extra)
                 else:
                     images = T.apply(images.permute(0, 3, 1, 2), self.transform, train=self.train,
                                      generator=generator)

@@ -7,9 +7,10 @@ Two modes from the same shards (DESIGN.md rule 3):
 
 Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives every Batch
 `views["weak"]` (the normal train augmentation, the same tensor as `batch.images`) and
-`views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/transforms.py),
-both from the batched torch ops in every mode. The strong view draws from its own generator seeded
-by (seed, epoch, process) (`strong_view_generator`), so asking for views leaves `batch.images` unchanged.
+`views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/transforms.py);
+"weak2" is a second independent weak draw; all from the batched torch ops in every mode. Each view
+beyond "weak" draws from its own generator seeded by (seed, epoch, view, process) (`view_generators`),
+so asking for views leaves `batch.images` and the other views unchanged.
 
 Per-epoch subsets: make_loader(..., sampling=BalancedEpochs(labels, samples, K)) (training loaders
 only) trains each epoch on a fresh class-balanced random subset of `samples` idx (the Clothing1M
@@ -97,17 +98,20 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-STRONG_VIEW_PURPOSE = 4  # derive_seed purposes: 0 order, 1+r cache/fallback augment, 2 DALI, 3 shuffle/DALI augment
+# derive_seed purposes: 0 order, 1+r cache/fallback augment, 2 DALI, 3 shuffle/DALI augment, then one per
+# extra view (the strong view keeps 4, so adding views leaves its draws as they were)
+VIEW_PURPOSES = {"strong": 4, "weak2": 5}
 
 
-def strong_view_generator(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,
-                          process_index: int) -> torch.Generator | None:
-    """The strong view's generator for one epoch of one process (None when no strong view is asked for)."""
-    if "strong" not in views:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(derive_seed(seed, epoch, STRONG_VIEW_PURPOSE, process_index))
-    return generator
+def view_generators(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,
+                    process_index: int) -> dict[str, torch.Generator]:
+    """One generator per asked-for view beyond "weak", for one epoch of one process."""
+    generators = {}
+    for name in views:
+        if name in VIEW_PURPOSES:
+            generators[name] = torch.Generator(device=device)
+            generators[name].manual_seed(derive_seed(seed, epoch, VIEW_PURPOSES[name], process_index))
+    return generators
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def make_loader(
     seed: int = 0,
     exclude: np.ndarray | None = None,  # bool (N,), True = leave this idx out (e.g. the clean meta subset)
     num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
-    views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from ("weak", "strong"); train only
+    views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from VIEW_NAMES; train only
     sampling: BalancedEpochs | None = None,  # a class-balanced random subset per epoch; train only
     mmap: bool = True,  # stream mode with DALI: memory-map the tars (False: plain reads, see BENCHMARKS.md)
 ) -> Loader:

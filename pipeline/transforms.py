@@ -11,11 +11,12 @@ comes from one torch.Generator, so a (seed, epoch) pair fixes the augmentation. 
 (pipeline/dali_loader.py) uses these ops too for the cifar kind, on the batches DALI decodes; its
 imagenet kind keeps DALI operators (random-resized-crop needs the full-size images).
 
-Two views (methods that declare DataNeeds(views=("weak", "strong")), e.g. IDO): `train_views`
-returns "weak", a crop + flip (reflect padding for the cifar kind, as the IDO authors' views), and
-"strong", an independent draw of the same crop/flip followed by the authors' RandAugment
-(`randaugment`, its op pool and levels in the RandAugment section's comment). The strong view has
-its own generator, so asking for it never changes the weak images.
+Named views (methods that declare e.g. DataNeeds(views=("weak", "strong")), IDO, or ("weak", "weak2"),
+DivideMix): `train_views` returns "weak", a crop + flip (reflect padding for the cifar kind, as the IDO
+authors' views); "weak2", a second, independent draw of the weak view; and "strong", an independent
+draw of the same crop/flip followed by the authors' RandAugment (`randaugment`, its op pool and levels
+in the RandAugment section's comment). Every view beyond "weak" has its own generator, so asking for
+one never changes the weak images or any other view.
 
 Images of the imagenet kind have varying sizes, and a batch tensor needs one size; the cache and
 the fallback therefore first bring every image to `resize` x `resize` (shorter side to `resize`,
@@ -511,7 +512,7 @@ def randaugment(images: Tensor, config: RandAugmentConfig, generator: torch.Gene
 # ----------------------------------------------------------------------------------------------
 # Views
 
-VIEW_NAMES = ("weak", "strong")
+VIEW_NAMES = ("weak", "weak2", "strong")  # weak2: a second independent weak draw (DivideMix's two views)
 
 
 def check_views(views: tuple[str, ...]) -> tuple[str, ...]:
@@ -531,31 +532,39 @@ def view_crop_flip(images: Tensor, config: TransformConfig, generator: torch.Gen
     return _to_uint8(random_resized_crop_flip(images, config.size, generator))
 
 
+def _weak_view(images: Tensor, config: TransformConfig, generator: torch.Generator) -> Tensor:
+    """view_crop_flip, normalised; with config.augment false the eval transform (the same draws taken)."""
+    if config.augment:
+        return finish(view_crop_flip(images, config, generator), config)
+    return apply(images, config, train=True, generator=generator)
+
+
 def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...], *, generator: torch.Generator,
-                strong_generator: torch.Generator | None,
+                generators: dict[str, torch.Generator],
                 augment: RandAugmentConfig | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """uint8 (B, 3, S, S) -> (weak, {view name: (B, 3, size, size) float32 normalised}).
 
     weak = view_crop_flip drawn from `generator` (with config.augment false: the eval transform), and
     is also views["weak"] when asked for; it replaces the plain train augmentation as batch.images, and
-    takes the same draws from `generator`. "strong" is an independent view_crop_flip + randaugment,
-    drawn from strong_generator, so asking for it never changes the weak images. `augment` defaults to
-    RandAugmentConfig(magnitude=config.strong_magnitude).
+    takes the same draws from `generator`. Every other view draws from its own generator in
+    `generators` (name -> torch.Generator, loader.view_generators), so asking for it never changes the
+    weak images: "weak2" is an independent draw of the weak view, "strong" an independent
+    view_crop_flip + randaugment. `augment` defaults to RandAugmentConfig(magnitude=config.strong_magnitude).
     """
     augment = augment or RandAugmentConfig(magnitude=config.strong_magnitude)
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
-    if config.augment:
-        weak = finish(view_crop_flip(images, config, generator), config)
-    else:
-        weak = apply(images, config, train=True, generator=generator)
+    weak = _weak_view(images, config, generator)
     out = {}
     for name in check_views(views):
         if name == "weak":
             out[name] = weak
             continue
-        if strong_generator is None:
-            raise ValueError("the strong view needs its own torch.Generator (seeded from seed, epoch and process)")
-        out[name] = finish(randaugment(view_crop_flip(images, config, strong_generator), augment, strong_generator),
-                           config)
+        if name not in generators:
+            raise ValueError(f"the {name} view needs its own torch.Generator (seeded from seed, epoch and process)")
+        if name == "weak2":
+            out[name] = _weak_view(images, config, generators[name])
+        else:
+            out[name] = finish(randaugment(view_crop_flip(images, config, generators[name]), augment,
+                                           generators[name]), config)
     return weak, out

@@ -21,7 +21,7 @@ from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds, strong_view_generator
+from pipeline.loader import derive_seed, epoch_plan, part_bounds, view_generators
 from pipeline.shards import read_shard
 from pipeline.split_loader import SplitLoader
 
@@ -90,7 +90,7 @@ class WdsLoader(SplitLoader):
         if self.train:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
-        strong = strong_view_generator(self.views, self.device, self.seed, epoch, self.process_index)
+        extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         side = T.stored_side(self.transform)
         fixed = self.transform.kind == "imagenet"
         with ThreadPoolExecutor(max(1, self.num_threads)) as pool:
@@ -106,7 +106,7 @@ class WdsLoader(SplitLoader):
                 idx = torch.tensor([s[0] for s in chunk], dtype=torch.int64, device=self.device)  # (B,)
                 if self.views:
                     pixels, views = T.train_views(stacked.to(self.device), self.transform, self.views,
-                                                  generator=generator, strong_generator=strong)
+                                                  generator=generator, generators=extra)
                     yield Batch(images=pixels, idx=idx, views=views)
                     continue
                 pixels = T.apply(stacked.to(self.device), self.transform, train=self.train, generator=generator)

@@ -142,7 +142,7 @@ def test_cifar_upscale_resizes_the_finished_batch_in_every_path():
         got = T.apply(images, big, train=train, generator=torch.Generator().manual_seed(1))
         assert got.shape == (4, 3, 224, 224) and torch.allclose(got, expected, atol=1e-5)
     weak, views = T.train_views(images, big, ("weak", "strong"), generator=torch.Generator().manual_seed(2),
-                                strong_generator=torch.Generator().manual_seed(3))
+                                generators={"strong": torch.Generator().manual_seed(3)})
     assert weak.shape == views["strong"].shape == (4, 3, 224, 224)
     with pytest.raises(ValueError, match="upscale"):
         T.imagenet(upscale=256)
@@ -153,11 +153,11 @@ def test_strong_magnitude_reaches_the_strong_view():
 
     def strong(config):
         _, views = T.train_views(images, config, ("strong",), generator=torch.Generator().manual_seed(0),
-                                 strong_generator=torch.Generator().manual_seed(1))
+                                 generators={"strong": torch.Generator().manual_seed(1)})
         return views["strong"]
 
     explicit = T.train_views(images, T.cifar10(), ("strong",), generator=torch.Generator().manual_seed(0),
-                             strong_generator=torch.Generator().manual_seed(1),
+                             generators={"strong": torch.Generator().manual_seed(1)},
                              augment=T.RandAugmentConfig(magnitude=5))[1]["strong"]
     assert torch.equal(strong(T.cifar10(strong_magnitude=5)), explicit)
     assert not torch.equal(strong(T.cifar10(strong_magnitude=10)), explicit)

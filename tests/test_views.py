@@ -1,4 +1,4 @@
-"""Tests of the two training views (weak / strong): the RandAugment ops of pipeline/transforms.py and
+"""Tests of the training views (weak / weak2 / strong): the RandAugment ops of pipeline/transforms.py and
 make_loader(..., views=...) in cache mode, DALI stream mode and the fallback."""
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def test_randaugment_config_rejects_bad_values():
 def test_train_views_weak_is_a_reflect_padded_crop_flip_and_strong_differs():
     images = _images(32)
     config = T.cifar10()
-    weak, views = T.train_views(images, config, VIEWS, generator=_gen(1), strong_generator=_gen(2))
+    weak, views = T.train_views(images, config, VIEWS, generator=_gen(1), generators={"strong": _gen(2)})
     expected = T.random_crop_flip(images, 32, 4, _gen(1), padding_mode="reflect")
     assert torch.equal(weak, T.normalise(expected, config))
     plain = T.apply(images, config, train=True, generator=_gen(1))  # the same draws, zero padding
@@ -233,7 +233,7 @@ def test_train_views_weak_is_a_reflect_padded_crop_flip_and_strong_differs():
 def test_train_views_without_augment_gives_the_eval_transform_as_weak():
     images = _images(8)
     config = T.cifar10(augment=False)
-    weak, views = T.train_views(images, config, VIEWS, generator=_gen(1), strong_generator=_gen(2))
+    weak, views = T.train_views(images, config, VIEWS, generator=_gen(1), generators={"strong": _gen(2)})
     assert torch.equal(weak, T.apply(images, config, train=False, generator=None))
     assert not torch.equal(views["strong"], weak)
 
@@ -241,21 +241,34 @@ def test_train_views_without_augment_gives_the_eval_transform_as_weak():
 def test_train_views_strong_is_determined_by_its_generator():
     images = _images(32)
     config = T.cifar10()
-    a = T.train_views(images, config, VIEWS, generator=_gen(1), strong_generator=_gen(2))[1]["strong"]
-    b = T.train_views(images, config, VIEWS, generator=_gen(9), strong_generator=_gen(2))[1]["strong"]
-    c = T.train_views(images, config, VIEWS, generator=_gen(1), strong_generator=_gen(3))[1]["strong"]
+    a = T.train_views(images, config, VIEWS, generator=_gen(1), generators={"strong": _gen(2)})[1]["strong"]
+    b = T.train_views(images, config, VIEWS, generator=_gen(9), generators={"strong": _gen(2)})[1]["strong"]
+    c = T.train_views(images, config, VIEWS, generator=_gen(1), generators={"strong": _gen(3)})[1]["strong"]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_train_views_weak2_is_an_independent_weak_draw_from_its_own_generator():
+    images = _images(32)
+    config = T.cifar10()
+    weak, views = T.train_views(images, config, ("weak", "weak2", "strong"), generator=_gen(1),
+                                generators={"weak2": _gen(5), "strong": _gen(2)})
+    alone, strong_only = T.train_views(images, config, VIEWS, generator=_gen(1), generators={"strong": _gen(2)})
+    assert torch.equal(weak, alone) and torch.equal(views["strong"], strong_only["strong"])
+    expected = T.normalise(T.random_crop_flip(images, 32, 4, _gen(5), padding_mode="reflect"), config)
+    assert torch.equal(views["weak2"], expected) and not torch.equal(views["weak2"], weak)
+    with pytest.raises(ValueError, match="weak2 view needs its own"):
+        T.train_views(images, config, ("weak", "weak2"), generator=_gen(1), generators={})
 
 
 def test_train_views_imagenet_kind():
     config = T.imagenet(size=24, resize=28)
-    weak, views = T.train_views(_images(8, side=28), config, VIEWS, generator=_gen(), strong_generator=_gen(1))
+    weak, views = T.train_views(_images(8, side=28), config, VIEWS, generator=_gen(), generators={"strong": _gen(1)})
     assert weak.shape == views["strong"].shape == (8, 3, 24, 24)
 
 
 def test_train_views_rejects_unknown_names():
     with pytest.raises(ValueError, match="views"):
-        T.train_views(_images(), T.cifar10(), ("weak", "medium"), generator=_gen(), strong_generator=_gen())
+        T.train_views(_images(), T.cifar10(), ("weak", "medium"), generator=_gen(), generators={"strong": _gen()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,13 +317,23 @@ def test_loader_views_differ_between_epochs(views_dataset):
 
 
 def test_loader_views_differ_between_processes():
-    """Each process draws its own strong augmentation stream (seeded by seed, epoch and process)."""
-    from pipeline.loader import strong_view_generator
+    """Each process draws its own augmentation stream per extra view (seeded by seed, epoch, view and process)."""
+    from pipeline.loader import view_generators
 
-    g0 = strong_view_generator(VIEWS, torch.device("cpu"), 3, 0, 0)
-    g1 = strong_view_generator(VIEWS, torch.device("cpu"), 3, 0, 1)
+    g0 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 0)["strong"]
+    g1 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 1)["strong"]
     assert not torch.equal(torch.rand(8, generator=g0), torch.rand(8, generator=g1))
-    assert strong_view_generator(("weak",), torch.device("cpu"), 3, 0, 0) is None
+    assert view_generators(("weak",), torch.device("cpu"), 3, 0, 0) == {}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loader_weak2_is_a_second_weak_draw_that_changes_no_other_view(kind, views_dataset):
+    both = list(_build(kind, views_dataset, views=VIEWS, seed=3))
+    three = list(_build(kind, views_dataset, views=("weak", "weak2", "strong"), seed=3))
+    for key in ("images", "strong"):
+        torch.testing.assert_close(_by_idx(three, key), _by_idx(both, key), rtol=0, atol=0)
+    weak2 = _by_idx(three, "weak2")
+    assert weak2.shape == _by_idx(three, "images").shape and not torch.equal(weak2, _by_idx(three, "images"))
 
 
 def test_make_loader_rejects_views_on_eval_and_unknown_names(views_dataset):

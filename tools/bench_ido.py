@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepared(i, views):
         if views:
-            weak, v = T.train_views(pixels[i % 4], config, ("weak", "strong"), generator=aug, strong_generator=strong_gen)
+            weak, v = T.train_views(pixels[i % 4], config, ("weak", "strong"), generator=aug,
+                                    generators={"strong": strong_gen})
             return Batch(images=weak, idx=idx_pool[i % 4], views=v)
         return Batch(images=T.apply(pixels[i % 4], config, train=True, generator=aug), idx=idx_pool[i % 4])
 

@@ -30,17 +30,34 @@ TOP_K = 5
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (idx (n,), top-k classes (n, k), best first) over the whole split, gathered from all
-    processes; k = min(5, number of classes)."""
-    model.eval()
-    all_idx, all_top = [], []
-    for batch in loader:
-        with accelerator.autocast():
-            logits = model(batch.images)  # (B, K)
-        all_idx.append(batch.idx)
-        all_top.append(logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices)  # (B, k)
-    return gather_by_idx(accelerator, torch.cat(all_idx), torch.cat(all_top))
+def eval_pass(fn, models: dict[str, nn.Module], loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(models, batch) -> (B, ...) over one pass of `loader` under autocast, every model in eval mode
+    (their modes restored afterwards); returns (idx (n,), values (n, ...)) gathered from all processes,
+    sorted by idx, every sample once."""
+    modes = {name: model.training for name, model in models.items()}
+    for model in models.values():
+        model.eval()
+    all_idx, all_values = [], []
+    try:
+        for batch in loader:
+            with accelerator.autocast():
+                all_values.append(fn(models, batch))
+            all_idx.append(batch.idx)
+    finally:
+        for name, model in models.items():
+            model.train(modes[name])
+    return gather_by_idx(accelerator, torch.cat(all_idx), torch.cat(all_values))
+
+
+def predict(forward, models: dict[str, nn.Module], loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """forward(models, images) -> logits (B, K) (Method.predict) over the whole split; returns (idx (n,),
+    top-k classes (n, k), best first), gathered from all processes; k = min(5, number of classes)."""
+
+    def top(models, batch):
+        logits = forward(models, batch.images)  # (B, K)
+        return logits.topk(min(TOP_K, logits.shape[1]), dim=1).indices  # (B, k)
+
+    return eval_pass(top, models, loader, accelerator)
 
 
 def top1_top5(top: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

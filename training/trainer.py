@@ -30,9 +30,9 @@ from training.clean_subset import CleanSubset
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
-from training.evaluation import TrainTally, predict, soft_label_diagnostics, top1_top5
+from training.evaluation import TrainTally, eval_pass, predict, soft_label_diagnostics, top1_top5
 from training.methods import build_method
-from training.methods.base import MethodContext, StepOutput
+from training.methods.base import EpochRun, EvalFn, MethodContext, StepOutput
 from training.models import build_model
 from training.outputs import hardware, write_atomic, write_json, write_metrics
 from training.schedule import lr_factor
@@ -95,6 +95,12 @@ class Trainer:
         self.train_loader = make_loader(self.dataset, config.data.train_split, batch_size=config.data.batch_size,
                                         train=True, seed=config.seed, exclude=self.subset_mask,
                                         views=self.method.needs.views, sampling=sampling, **self._loader_args)
+        # the training stream's samples in order with the eval transform, for methods' per-epoch passes
+        self.train_eval_loader = None
+        if self.method.needs.train_eval:
+            self.train_eval_loader = make_loader(self.dataset, config.data.train_split, train=False,
+                                                 batch_size=config.data.eval_batch_size, exclude=self.subset_mask,
+                                                 **self._loader_args)
         self._build_models()
         self.progress = Progress()
         acc = self.accelerator
@@ -270,7 +276,8 @@ class Trainer:
         for m in self.models.values():
             m.train()
         self.train_loader.set_epoch(epoch)
-        method.on_epoch_start(epoch)
+        method.on_epoch_start(epoch, EpochRun(models=self.models, steps=len(self.train_loader),
+                                              eval_train=self._eval_train))
         tally = TrainTally(has_clean=self.clean is not None)
         bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
@@ -317,11 +324,24 @@ class Trainer:
             return {}
         return soft_label_diagnostics(self.store[name], self.noisy.cpu().numpy(), self.clean.cpu().numpy())
 
+    def _eval_train(self, fn: EvalFn) -> tuple[torch.Tensor, torch.Tensor]:
+        """EpochRun.eval_train: fn over the training stream's samples with the eval transform, by idx."""
+        loader = self.train_eval_loader
+        if loader is None:
+            raise RuntimeError(f"method {self.method.name!r} calls eval_train without declaring it: set "
+                               f"needs = DataNeeds(train_eval=True) on the method class")
+        idx, values = eval_pass(fn, self.models, loader, self.accelerator)
+        if idx.numel() != loader.num_samples:
+            raise RuntimeError(f"eval_train saw {idx.numel()} distinct training samples, "
+                               f"expected {loader.num_samples}")
+        return idx, values
+
     def _evaluate(self) -> dict[str, float]:
-        """Top-1 and top-5 accuracy on every test split (keys test_acc / test_top5 for the headline split)."""
+        """Top-1 and top-5 accuracy of method.predict on every test split (keys test_acc / test_top5 for the
+        headline split)."""
         out = {}
         for i, (split, (loader, labels)) in enumerate(self.test_sets.items()):
-            idx, top = predict(self.models["model"], loader, self.accelerator)
+            idx, top = predict(self.method.predict, self.models, loader, self.accelerator)
             if idx.numel() != labels.numel():
                 raise RuntimeError(f"evaluation saw {idx.numel()} distinct {split!r} samples, expected {labels.numel()}")
             prefix = "test" if i == 0 else split

@@ -29,8 +29,27 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class DataNeeds:
-    views: tuple[str, ...] = ()  # extra augmented views per batch, e.g. ("weak", "strong")
+    views: tuple[str, ...] = ()  # extra augmented views per batch, names from pipeline.transforms.VIEW_NAMES
     clean_subset: bool = False  # needs the clean meta subset as a second stream
+    train_eval: bool = False  # calls EpochRun.eval_train: passes over the training split with the eval transform
+
+
+#: fn(models, batch) -> (B, ...) per-sample values, run under no_grad with every model in eval mode
+EvalFn = Callable[[dict[str, nn.Module], Batch], torch.Tensor]
+
+
+@dataclass
+class EpochRun:
+    """What on_epoch_start receives besides the epoch: the run as it is now (STYLE 23, so a method keeps
+    no references to models or loaders between calls)."""
+
+    models: dict[str, nn.Module]  # the prepared models, by name (build_models)
+    steps: int  # batches this epoch, the same in every process
+    #: eval_train(fn) -> (idx (n,) int64 ascending, values (n, ...)): fn over every sample of the training
+    #: stream exactly once (n = all of the split but the clean meta subset), gathered by idx from all
+    #: processes, the same on every process; models go back to their modes afterwards. Only for
+    #: methods that declare needs.train_eval.
+    eval_train: Callable[[EvalFn], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -107,8 +126,14 @@ class Method:
     def load_state_dict(self, state: dict) -> None:
         pass
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset)."""
+    def predict(self, models: dict[str, nn.Module], images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> logits (B, K) the trainer evaluates (test accuracy); an ensemble or a
+        teacher overrides this. Called under no_grad and autocast with every model in eval mode."""
+        return models["model"](images)
+
+    def on_epoch_start(self, epoch: int, run: EpochRun) -> None:
+        """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset or, with
+        needs.train_eval, over the training split)."""
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Epoch hook; returns method-specific metrics for the epoch's log row."""
