@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# One GPU check (README "GPU check"): on a machine with a CUDA GPU,
+#   1. convert CIFAR-10 (../shared/data/cifar10/cifar10-jpg.tar.gz, or $CIFAR10_ARCHIVE) with sym-40 % labels,
+#   2. the loader benchmark in cache mode on the device                      -> loader.md
+#   3. the Trainer against a bare torch loop, real against synthetic data    -> trainer.json, trainer.md
+#   4. the fast recipes of CE, SELC and ALR at sym-40 % (cifar10_fast_*.yaml) -> runs.json, runs.md
+# and writes those 5 files plus gpu_check.log into one folder (at most 8 files; run folders go to $WORK).
+#   usage: tools/gpu_check.sh [--dry-run] [OUT_DIR]    OUT_DIR default: $OUT, else runs/gpu-check-<time>
+# --dry-run: every stage for a few steps on the CPU, on the shipped demo subset (tools/demo/cifar10-demo.tar.gz),
+# with a tiny CNN and no compile (the CPU compile is tested apart, tests/test_gpu_options.py).
+# Needs the package's dependencies (pip install -e .): numba, zarr, torchvision, accelerate, pydantic are
+# imported unconditionally; nvidia-dali and webdataset are not needed (cache mode, stream mode unused).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT_DIR=${1:-${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}}
+WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$OUT_DIR" "$WORK"
+exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
+
+stage() { echo; echo "== $* ($(date +%T))"; }
+
+stage "preflight"
+$PY - "$DRY" <<'EOF'
+import importlib, sys
+missing = [m for m in ("torch", "torchvision", "numba", "zarr", "accelerate", "pydantic", "yaml", "tqdm")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages {missing}: install the project (pip install -e .) into this environment")
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+if sys.argv[1] == "0" and not torch.cuda.is_available():
+    sys.exit("no CUDA GPU visible: run on a GPU machine, or pass --dry-run for the CPU rehearsal")
+EOF
+
+if [ "$DRY" = 1 ]; then
+  ARCHIVE=tools/demo/cifar10-demo.tar.gz NAME=cifar10-demo
+  LOADER=(--batch-size 64 --warmup 0 --repeats 1 --num-threads 2)
+  BENCH=(--steps 3 --warmup 1 --repeats 1)
+  SMALL=(cpu=true compile=false model.name=tiny_cnn mixed_precision=no data.batch_size=32 data.eval_batch_size=250
+         data.num_threads=2)
+  RUNS=("${SMALL[@]}" epochs=2 optim.warmup_epochs=0 data.epoch_samples=128)
+  REFINE=(method.params.warmup_epochs=1)
+else
+  ARCHIVE=${CIFAR10_ARCHIVE:-../shared/data/cifar10/cifar10-jpg.tar.gz} NAME=cifar10
+  LOADER=(--batch-size 512 --warmup 1 --repeats 5)
+  BENCH=(--steps 50 --warmup 1 --repeats 3)
+  SMALL=() RUNS=() REFINE=()
+fi
+DATA=${DATA:-$WORK/data}
+COMMON=("data.root=$DATA" "data.name=$NAME")
+
+stage "convert $ARCHIVE -> $DATA/$NAME"
+if [ ! -f "$DATA/$NAME/manifest.json" ]; then
+  $PY tools/make_shards.py --source "$ARCHIVE" --name "$NAME" --out "$DATA" --label-set sym-0.40-s0 --no-progress
+fi
+
+stage "loader benchmark, cache mode"
+$PY tools/bench_loader.py --dataset "$DATA/$NAME" --modes cache "${LOADER[@]}" | tee "$OUT_DIR/loader.md"
+
+stage "trainer vs bare loop, real vs synthetic data"
+$PY tools/bench_trainer.py --config training/configs/cifar10_fast_ce.yaml "${BENCH[@]}" --out "$OUT_DIR" \
+  --work "$WORK" "${COMMON[@]}" "${SMALL[@]}"
+
+for method in ce selc alr; do
+  stage "fast recipe: $method"
+  extra=()
+  [ "$method" != ce ] && extra=("${REFINE[@]}")
+  $PY training/run.py --config "training/configs/cifar10_fast_$method.yaml" "${COMMON[@]}" "out_dir=$WORK/runs" \
+    "run_name=$method" "${RUNS[@]}" "${extra[@]}"
+done
+
+stage "summary"
+$PY tools/report.py "$WORK/runs/ce" "$WORK/runs/selc" "$WORK/runs/alr" \
+  --title "Fast recipes, CIFAR-10 sym-40 % (tools/gpu_check.sh$([ "$DRY" = 1 ] && echo ' --dry-run'))" \
+  | tee "$OUT_DIR/runs.md"
+$PY - "$WORK/runs" "$OUT_DIR/runs.json" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = {}
+for method in ("ce", "selc", "alr"):
+    results = json.loads((Path(sys.argv[1]) / method / "results.json").read_text())
+    runs[method] = {k: v for k, v in results.items() if k != "history"}
+    runs[method]["last_epoch"] = results["history"][-1]
+Path(sys.argv[2]).write_text(json.dumps(runs, indent=2) + "\n")
+EOF
+echo "results in $OUT_DIR: $(ls "$OUT_DIR" | tr '\n' ' ')"
