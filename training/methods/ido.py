@@ -347,7 +347,8 @@ class IDO(Method):
         if self.mixture is None or self.ranges is None:
             raise RuntimeError("IDO stage 2 has no fitted mixture: the first fit runs at the end of stage 1")
         groups = self._groups(self.labels[idx.cpu().numpy()])
-        x = scale_counts(self.store.gather(WRONG_EVENT, idx), groups, *self.ranges)
+        counts = torch.as_tensor(self.store.gather(WRONG_EVENT, idx)).cpu().numpy()  # (B,) host: the mixture is numpy
+        x = scale_counts(counts, groups, *self.ranges)
         post = self.mixture.posteriors(x, groups)
         return (torch.from_numpy(post.p.astype(np.float32)).to(self.device),
                 torch.from_numpy(post.eps.astype(np.float32)).to(self.device))
