@@ -52,8 +52,8 @@ declare -A RUN=(
   [mlc-noisy_lower]="method.name=mlc method.params.clean_in_lower=false"
 )
 # the seed papers' methods first, then the baselines, then the first readings (the order they run in)
-ORDER=(ce selc alr ido ebomlc surrogate l2rw gce sce elr coteaching sop mwnet mlc
-       ido-per_sample ebomlc-probs ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower)
+ORDER=(ce selc alr ido ebomlc surrogate gce elr coteaching ebomlc-probs ido-per_sample l2rw mlc sce sop mwnet
+       ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower)
 ONLY=${ONLY:-${ORDER[*]}}
 # realised wrong-label fraction of the demo subset's label sets (tools/demo/README.md, RESULTS.md)
 declare -A NOISE=([sym-0.40-s0]=0.362 [cifar10n-worse]=0.418)
