@@ -9,6 +9,7 @@ from training.methods.alr import ALR
 from training.methods.base import Method, MethodContext
 from training.methods.ce import CE
 from training.methods.coteaching import Coteaching
+from training.methods.dividemix import DivideMix
 from training.methods.ebomlc import EBOMLC
 from training.methods.elr import ELR
 from training.methods.gce import GCE
@@ -22,7 +23,7 @@ from training.methods.l2rw import L2RW
 from training.methods.surrogate import Surrogate
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Surrogate, MLC, MLCD, EBOMLC, IDO,
-                                                              GCE, SCE, ELR, Coteaching, SOP, MWNet)}
+                                                              GCE, SCE, ELR, Coteaching, SOP, MWNet, DivideMix)}
 
 
 def build_method(name: str, params: dict, ctx: MethodContext) -> Method:

@@ -1,0 +1,204 @@
+"""Tests of DivideMix (training/methods/dividemix.py): the loss mixture against a known one, the target
+formulas by hand, MixMatch's lambda', the co-divide exchange, and end-to-end runs in 1 and 2 processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from torch import nn
+
+from launch import launch_cpu
+from pipeline.batch import Batch
+from state.reader import StateReader
+from state.store import SampleStore
+from test_training import _args
+from training.methods import METHODS, dividemix
+from training.methods.base import MethodContext
+from training.methods.dividemix import (CLEAN_PROB, clean_probability, co_guess, co_refine, fit_gmm,
+                                        linear_rampup, mixmatch, negative_entropy, semi_loss,
+                                        uniform_prior_penalty)
+from training.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+K = 3
+
+
+class FakeAccelerator:
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def make_method(labels, **params):
+    labels = torch.as_tensor(labels)
+    ctx = MethodContext(num_classes=K, num_samples=len(labels), noisy_labels=labels, clean_labels=None, epochs=5,
+                        base_lr=0.1, build_model=lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, K)),
+                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), out_dir=None, is_main_process=True)
+    method = METHODS["dividemix"](METHODS["dividemix"].Config.model_validate({"lambda_u": 25, **params}), ctx)
+    method.store = SampleStore(method.state_arrays(), len(labels))
+    return method
+
+
+# ----------------------------------------------------------------------------------------------
+# Co-divide
+
+
+def _known_mixture(n=4000, seed=0):
+    """70 % N(0.15, 0.05^2) (clean: small losses), 30 % N(0.7, 0.12^2); returns (x, true posterior of the first)."""
+    rng = np.random.default_rng(seed)
+    first = rng.random(n) < 0.7
+    x = np.where(first, rng.normal(0.15, 0.05, n), rng.normal(0.7, 0.12, n))
+    a, b = 0.7 * norm.pdf(x, 0.15, 0.05), 0.3 * norm.pdf(x, 0.7, 0.12)
+    return x, a / (a + b), first
+
+
+def test_gmm_with_the_authors_settings_recovers_a_known_mixture_and_its_posterior():
+    x, true_posterior, _ = _known_mixture()
+    means, variances, weights = fit_gmm(x)  # reg_covar 5e-4, tol 1e-2, max_iter 10
+    order = np.argsort(means)
+    np.testing.assert_allclose(means[order], [0.15, 0.7], atol=0.01)
+    np.testing.assert_allclose(weights[order], [0.7, 0.3], atol=0.02)
+    np.testing.assert_allclose(variances[order], [0.05 ** 2 + 5e-4, 0.12 ** 2 + 5e-4], rtol=0.15)
+    posterior = dividemix.gmm_posterior(x, means, variances, weights)[:, order[0]]
+    assert np.abs(posterior - true_posterior).mean() < 0.01
+
+
+def test_clean_probability_is_the_posterior_of_the_smaller_loss_component_after_normalising():
+    x, _, first = _known_mixture()
+    prob = clean_probability(3.0 * x + 2.0)  # an affine change of the losses: the same after min-max
+    np.testing.assert_allclose(prob, clean_probability(x), atol=1e-9)
+    assert ((prob > 0.5) == first).mean() > 0.97 and prob[first].mean() > 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets, MixMatch, losses
+
+
+def test_co_refinement_mixes_label_and_prediction_by_w_then_sharpens_by_hand():
+    # w y + (1 - w) p = 0.6 [0, 1, 0] + 0.4 [0.5, 0.3, 0.2] = [0.2, 0.72, 0.08]; squared (T = 0.5), normalised
+    out = co_refine(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0.6]), torch.tensor([[0.5, 0.3, 0.2]]), 0.5)
+    total = 0.2 ** 2 + 0.72 ** 2 + 0.08 ** 2
+    np.testing.assert_allclose(out.numpy(), [[0.04 / total, 0.5184 / total, 0.0064 / total]], rtol=1e-5)
+
+
+def test_co_guessing_averages_both_networks_then_sharpens_by_hand():
+    out = co_guess(torch.tensor([[0.6, 0.4]]), torch.tensor([[0.2, 0.8]]), 0.5)  # mean [0.4, 0.6]
+    np.testing.assert_allclose(out.numpy(), [[0.16 / 0.52, 0.36 / 0.52]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("lam,used", [(0.2, 0.8), (0.7, 0.7), (0.5, 0.5)])
+def test_mixmatch_uses_the_larger_of_lambda_and_one_minus_lambda(lam, used):
+    inputs = torch.tensor([[1.0], [10.0], [100.0]])
+    targets = torch.eye(3)
+    perm = torch.tensor([2, 0, 1])
+    mixed_x, mixed_t = mixmatch(inputs, targets, lam, perm)
+    np.testing.assert_allclose(mixed_x[:, 0].numpy(), [used * 1 + (1 - used) * 100, used * 10 + (1 - used) * 1,
+                                                       used * 100 + (1 - used) * 10], rtol=1e-6)
+    assert (mixed_t.diagonal() >= 0.5).all()  # every row stays nearest its own sample
+    np.testing.assert_allclose(mixed_t.sum(dim=1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_semi_loss_splits_rows_by_their_own_sample_and_the_prior_is_zero_when_uniform():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, -1.0]])
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    lx, lu = semi_loss(logits, targets, torch.tensor([True, False, True]))
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    p2 = math.exp(1) / (math.exp(1) + math.exp(-1))
+    assert lx.item() == pytest.approx((-math.log(p0) - math.log(1 - p2)) / 2, rel=1e-5)
+    assert lu.item() == pytest.approx(0.0, abs=1e-7)  # row 1 predicts its target exactly
+    assert semi_loss(logits, targets, torch.zeros(3, dtype=torch.bool))[0].item() == 0.0  # no labelled row
+    assert uniform_prior_penalty(torch.tensor([[3.0, 0.0], [0.0, 3.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert uniform_prior_penalty(torch.tensor([[3.0, 0.0], [3.0, 0.0]])).item() > 0.1
+
+
+def test_negative_entropy_of_the_warm_up_penalty_by_hand():
+    assert negative_entropy(torch.zeros(4, 2)).item() == pytest.approx(-math.log(2), rel=1e-6)  # uniform: lowest
+    p = math.exp(2) / (math.exp(2) + 1)
+    expected = p * math.log(p) + (1 - p) * math.log(1 - p)
+    assert negative_entropy(torch.tensor([[2.0, 0.0]])).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_lambda_u_ramps_linearly_over_sixteen_epochs_after_warm_up():
+    assert [linear_rampup(e, 10, 16) for e in (5, 10, 18, 26, 40)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The step
+
+
+def test_each_network_trains_on_the_division_the_other_network_made(monkeypatch):
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    method = make_method(labels, warmup_epochs=1)
+    own = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.9, 0.9], [0.1, 0.1]])  # columns: model, peer
+    method.store.set(CLEAN_PROB, torch.arange(6), own)
+    seen = []
+
+    def spy(logits, targets, labelled):
+        seen.append(labelled.clone())
+        return semi_loss(logits, targets, labelled)
+
+    monkeypatch.setattr(dividemix, "semi_loss", spy)
+    models = method.build_models()
+    optimizers = method.build_optimizers(models)
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in models.items()}
+    weak = torch.randn(6, 3, 2, 2)
+    batch = Batch(images=weak, idx=torch.arange(6), views={"weak": weak, "weak2": weak.flip(-1)})
+    method._steps = 1
+    out = method.train_step(batch, labels, models, optimizers, FakeAccelerator(), 1)
+    model_labelled = own[:, 1] > 0.5  # the peer's mixture divides for the model ...
+    peer_labelled = own[:, 0] > 0.5  # ... and the model's for the peer
+    assert not torch.equal(model_labelled, peer_labelled)
+    assert torch.equal(seen[0], model_labelled.repeat(2)) and torch.equal(seen[1], peer_labelled.repeat(2))
+    for n, m in models.items():
+        assert any(not torch.equal(p, p0) for p, p0 in zip(m.parameters(), before[n]))
+    assert {"loss", "peer_loss", "lx", "lu"} <= set(out.terms) and out.logits.shape == (6, K)
+
+
+def test_predict_averages_both_networks_logits():
+    method = make_method([0, 1])
+    models = {"model": lambda x: torch.tensor([[2.0, 0.0, 0.0]]), "peer": lambda x: torch.tensor([[0.0, 4.0, 0.0]])}
+    np.testing.assert_allclose(method.predict(models, torch.zeros(1)).numpy(), [[1.0, 2.0, 0.0]])
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+RUN = ("method.name=dividemix", "method.params.warmup_epochs=1", "method.params.lambda_u=25", "epochs=2")
+
+
+def test_one_warm_up_epoch_then_one_dividemix_epoch_on_the_tiny_dataset(tiny_dataset, tmp_path):
+    assert main(_args(tiny_dataset, tmp_path, *RUN)) == 0
+    history = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
+    assert "labelled_frac_model" not in history[0]  # warm-up: no division yet
+    row = history[1]
+    for key in ("labelled_frac", "labelled_precision", "labelled_recall", "clean_prob_auroc"):
+        for net in ("model", "peer"):
+            assert 0 <= row[f"{key}_{net}"] <= 1, (key, net)
+    assert np.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
+    prob = StateReader(tmp_path / "r" / "state.zarr").array(CLEAN_PROB)
+    assert prob.shape == (200, 2) and ((prob >= 0) & (prob <= 1)).all()
+    assert not np.array_equal(prob[:, 0], prob[:, 1])  # two networks, two divisions
+
+
+@pytest.mark.slow
+def test_two_processes_divide_identically(tiny_dataset, tmp_path):
+    """Two real CPU processes (gloo): each gathers every sample's loss once and fits the same mixture
+    itself (compared before the store, whose gather would otherwise keep process 0's rows)."""
+    overrides = _args(tiny_dataset, tmp_path, *RUN, "cpu=true")[2:]  # drop --config: the worker loads demo_cpu
+    proc = launch_cpu(2, ROOT / "tests" / "dividemix_worker.py", str(tmp_path), *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = (np.load(tmp_path / f"rank-{r}.npz") for r in (0, 1))
+    assert first["computed"].shape == (2, 200)  # one division per network, over all 200 samples
+    np.testing.assert_array_equal(first["computed"], second["computed"])
+    np.testing.assert_array_equal(first["stored"], second["stored"])
+    np.testing.assert_allclose(first["stored"], first["computed"].T, rtol=1e-6)
