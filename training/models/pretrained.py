@@ -1,12 +1,14 @@
 """Pretrained backbone weights from local files only: nothing is downloaded at run time.
 
 ``pretrained`` is a path to a weights file (.pth/.pt state dict, or .safetensors) or "auto": look
-where torchvision and timm keep their downloads (the torch hub cache, $TORCH_HOME/hub/checkpoints,
+(for the names in WEIGHTS, and for ``timm:<name>`` / ``torchvision:<name>`` by the files those libraries
+publish) where torchvision and timm keep their downloads (the torch hub cache, $TORCH_HOME/hub/checkpoints,
 and the Hugging Face hub cache, $HF_HUB_CACHE or $HF_HOME/hub). A missing file is an error that
 names it and says how to get it onto the machine; a model is never silently left random.
 
-Only the backbone is loaded: the ImageNet classifier is dropped (its 1000 classes are not ours) and
-the model's own linear head ``fc`` keeps its fresh initialisation. Every backbone tensor must be in
+Only the backbone is loaded: the ImageNet classifier (the model's ``head_keys`` state-dict prefixes,
+``fc.`` by default) is dropped (its 1000 classes are not ours) and the model's own linear head ``fc``
+keeps its fresh initialisation. Every backbone tensor must be in
 the file with the right shape, so weights of another architecture fail by name.
 """
 
@@ -34,7 +36,6 @@ class WeightSpec:
     files: tuple[str, ...]  # torch hub cache file names, in order of preference
     hf_repo: str | None  # Hugging Face hub repository of timm weights ("timm/vgg19_bn.tv_in1k")
     url: str  # where to fetch it by hand
-    classifier: tuple[str, ...]  # state-dict key prefixes of the ImageNet classifier (dropped)
 
 
 WEIGHTS = {
@@ -42,17 +43,14 @@ WEIGHTS = {
         files=("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"),  # torchvision IMAGENET1K_V2, V1
         hf_repo=None,
         url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
-        classifier=("fc.",),
     ),
     "inception_resnet_v2": WeightSpec(
         files=(), hf_repo="timm/inception_resnet_v2.tf_in1k",
         url="https://huggingface.co/timm/inception_resnet_v2.tf_in1k/resolve/main/model.safetensors",
-        classifier=("classif.",),
     ),
     "vgg19_bn": WeightSpec(
         files=(), hf_repo="timm/vgg19_bn.tv_in1k",
         url="https://huggingface.co/timm/vgg19_bn.tv_in1k/resolve/main/model.safetensors",
-        classifier=("head.fc.",),
     ),
 }
 
@@ -67,9 +65,35 @@ def hf_cache() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
 
 
-def candidates(name: str) -> list[Path]:
-    """Every place "auto" looks for `name`'s weights, in order."""
-    spec = WEIGHTS[name]
+def weight_spec(name: str) -> WeightSpec | None:
+    """The published weights of `name`: the table above, or the default weights timm / torchvision give
+    for ``timm:<name>`` / ``torchvision:<name>``; None when there are none."""
+    if name in WEIGHTS:
+        return WEIGHTS[name]
+    prefix, _, arch = name.partition(":")
+    if prefix == "timm":
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(arch)  # the default tag when `arch` has none
+        if cfg is not None and cfg.hf_hub_id:  # timm downloads from the Hugging Face hub when it can
+            url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+            return WeightSpec(files=(), hf_repo=cfg.hf_hub_id, url=url)
+        if cfg is not None and cfg.url:  # older weights: a URL download kept in the torch hub cache
+            return WeightSpec(files=(Path(cfg.url).name,), hf_repo=None, url=cfg.url)
+        return None
+    if prefix == "torchvision":
+        from torchvision.models import get_model_weights
+
+        try:
+            url = get_model_weights(arch).DEFAULT.url
+        except (ValueError, KeyError, AttributeError):  # unknown name, or a model without published weights
+            return None
+        return WeightSpec(files=(Path(url).name,), hf_repo=None, url=url)
+    return None
+
+
+def candidates(spec: WeightSpec) -> list[Path]:
+    """Every place "auto" looks for the weights of `spec`, in order."""
     paths = [torch_cache() / f for f in spec.files]
     if spec.hf_repo:
         repo_dir = hf_cache() / f"models--{spec.hf_repo.replace('/', '--')}"
@@ -85,16 +109,16 @@ def resolve(name: str, pretrained: str) -> Path:
         if not path.is_file():
             raise PretrainedWeightsError(f"model.pretrained={pretrained}: file not found (give a weights file, or 'auto')")
         return path
-    if name not in WEIGHTS:
+    spec = weight_spec(name)
+    if spec is None:
         raise PretrainedWeightsError(
-            f"model.pretrained=auto: no known pretrained weights for {name!r} (known: {', '.join(sorted(WEIGHTS))}); "
-            f"give a weights file path instead"
+            f"model.pretrained=auto: no known pretrained weights for {name!r} (known: {', '.join(sorted(WEIGHTS))}, "
+            f"and timm:<name> / torchvision:<name> with published weights); give a weights file path instead"
         )
-    tried = candidates(name)
+    tried = candidates(spec)
     for path in tried:
         if path.is_file():
             return path
-    spec = WEIGHTS[name]
     target = torch_cache() / spec.files[0] if spec.files else tried[0]
     raise PretrainedWeightsError(
         f"pretrained weights for {name} not found; looked at {', '.join(map(str, tried))}. Nothing is downloaded "
@@ -124,7 +148,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_backbone(model: nn.Module, name: str, pretrained: str) -> Path:
     """Loads pretrained weights into ``model.backbone`` (the whole model when it has none); returns the file."""
     path = resolve(name, pretrained)
-    classifier = WEIGHTS[name].classifier if name in WEIGHTS else ("fc.",)
+    classifier = getattr(model, "head_keys", ("fc.",))
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(classifier)}
     target = getattr(model, "backbone", model)
     expected = target.state_dict()

@@ -19,6 +19,8 @@ class TimmClassifier(nn.Module):
         # VGG keeps its 4096-wide pre-logits MLP, reported as head_hidden_size; others pool num_features
         self.num_features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.fc = nn.Linear(self.num_features, num_classes)
+        head = self.backbone.pretrained_cfg.get("classifier")  # timm's classifier module, dropped from weights files
+        self.head_keys = (f"{head}.",) if head else ()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)  # (B, F): 1536 Inception-ResNet-v2, 4096 VGG19-BN
