@@ -100,7 +100,6 @@ def test_torchvision_weights_file_loads_the_backbone(tmp_path):
     assert model.fc.out_features == 4 and "classifier.3.weight" not in model.backbone.state_dict()
 
 
-@pytest.mark.slow  # one epoch of ResNet-18 on 200 images
 def test_run_trains_a_timm_model_by_name(tiny_dataset, tmp_path):
     from training.run import main
 

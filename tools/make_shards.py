@@ -17,6 +17,8 @@ Examples:
   python tools/make_shards.py --source ANIMAL-10N --name animal10n --out data
   python tools/make_shards.py --source Food-101N_release --food101 food-101 --name food101n --out data \
       --resize-shorter 256
+  # your own images with your own noisy labels: a CSV of path,label[,clean_label][,split] rows
+  python tools/make_shards.py --source my-images/ --labels labels.csv --name mydata --out data
   # check every file of a converted dataset against its manifest (sha256) and list each bad one
   python tools/make_shards.py --verify cifar10 --out data
 
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("source")
     src.add_argument("--source", metavar="PATH", help="image tree <root>/<split>/<class>/*.jpg|png as a folder or .tar(.gz); an "
                      "official cifar-10/100-python archive or folder; the root of Clothing1M, WebVision 1.0, "
-                     "ANIMAL-10N or Food-101N in its official layout; or download:cifar10 / download:cifar100")
+                     "ANIMAL-10N or Food-101N in its official layout; download:cifar10 / download:cifar100; or, with --labels, "
+                     "a folder of images or a file listing image paths")
     src.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detected)")
     src.add_argument("--splits", metavar="LIST", help="comma-separated splits to convert (default: every split found)")
     src.add_argument("--imagenet-val", type=Path, metavar="DIR",
@@ -73,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="webvision: keep classes 0..K-1 (default: 50, the mini-WebVision protocol)")
     src.add_argument("--food101", type=Path, metavar="DIR",
                      help="food101n: the food-101 folder (images/, meta/test.txt) that gives the test split")
+    src.add_argument("--labels", type=Path, metavar="FILE.csv",
+                     help="csv: labels of the images of --source (a folder, or a file listing image paths): a header "
+                     "row naming path (or key), label, and optionally clean_label and split; labels are class names or "
+                     "indices (see pipeline/sources/csv_labels.py)")
+    src.add_argument("--classes", type=Path, metavar="FILE",
+                     help="csv: class names, one per line, in label order (default: the sorted set of the CSV's "
+                     "names, or 0..max when the labels are indices)")
     src.add_argument("--cache-dir", metavar="DIR", default=str(Path.home() / ".cache" / "noisyflow"),
                      help="where download: sources are kept (default: %(default)s)")
 
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             argv=recorded,
             progress=not args.no_progress,
             source_options={"imagenet_val": args.imagenet_val, "imagenet_val_labels": args.imagenet_val_labels,
-                            "webvision_classes": args.webvision_classes, "food101": args.food101},
+                            "webvision_classes": args.webvision_classes, "food101": args.food101,
+                            "labels": args.labels, "classes": args.classes},
             resize_shorter=args.resize_shorter,
             jpeg_quality=args.jpeg_quality,
             workers=args.workers,

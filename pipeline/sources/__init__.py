@@ -8,6 +8,7 @@ Formats (one module each; the layouts are described in the module docstrings):
   webvision        WebVision 1.0 info/ lists, mini (50 classes) by default, + ILSVRC-2012 val (webvision.py)
   animal10n        ANIMAL-10N training/ testing/ with the label in the file name (animal10n.py)
   food101n         Food-101N meta/imagelist.tsv + verified_*.tsv, with Food-101's test split (food101n.py)
+  csv              your own image folder or list of image paths + a CSV of (noisy) labels (csv_labels.py)
 
 The order of a split's records is the source's own enumeration and defines ``source_index``.
 Images are checked by :func:`decode_image` when they are written, so a corrupt file stops the
@@ -33,6 +34,7 @@ from pipeline.sources.base import (
 )
 from pipeline.sources.cifar import encode_png, read_cifar_python
 from pipeline.sources.clothing1m import is_clothing1m, read_clothing1m
+from pipeline.sources.csv_labels import read_csv_labels
 from pipeline.sources.download import DOWNLOADS, download, resolve_source
 from pipeline.sources.folder import KNOWN_CLASS_ORDERS, read_image_folder
 from pipeline.sources.food101n import is_food101n, read_food101n
@@ -41,13 +43,15 @@ from pipeline.sources.webvision import MINI_CLASSES, is_webvision, read_webvisio
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "image-folder", "cifar10-python", "cifar100-python", "clothing1m", "webvision", "animal10n",
-           "food101n")
+           "food101n", "csv")
 # options only some formats take: name -> formats that accept it
 OPTIONS = {
     "imagenet_val": ("webvision",),
     "imagenet_val_labels": ("webvision",),
     "webvision_classes": ("webvision",),
     "food101": ("food101n",),
+    "labels": ("csv",),
+    "classes": ("csv",),
 }
 
 
@@ -57,10 +61,10 @@ def open_source(path: str | Path, splits: list[str] | None = None, fmt: str = "a
     path = Path(path)
     if not path.exists():
         raise SourceError(f"source {path} does not exist")
-    if fmt == "auto":
-        fmt = detect_format(path)
-        log.info("%s: detected format %s", path, fmt)
     options = {k: v for k, v in options.items() if v is not None}
+    if fmt == "auto":
+        fmt = "csv" if "labels" in options else detect_format(path)
+        log.info("%s: detected format %s", path, fmt)
     for key in options:
         if key not in OPTIONS:
             raise SourceError(f"unknown source option {key!r}")
@@ -79,6 +83,10 @@ def open_source(path: str | Path, splits: list[str] | None = None, fmt: str = "a
         return read_animal10n(path, splits)
     if fmt == "food101n":
         return read_food101n(path, splits, options.get("food101"))
+    if fmt == "csv":
+        if "labels" not in options:
+            raise SourceError(f"{path}: the csv format needs --labels FILE.csv")
+        return read_csv_labels(path, options["labels"], options.get("classes"), splits)
     raise SourceError(f"unknown source format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -109,6 +117,6 @@ def detect_format(path: Path) -> str:
 __all__ = [
     "DOWNLOADS", "FORMATS", "IMAGE_EXTS", "KNOWN_CLASS_ORDERS", "OPTIONS", "FileRecords", "Record", "Source",
     "SourceError", "SourceSplit", "decode_image", "detect_format", "download", "encode_png", "open_source",
-    "read_animal10n", "read_cifar_python", "read_clothing1m", "read_food101n", "read_image_folder",
+    "read_animal10n", "read_cifar_python", "read_clothing1m", "read_csv_labels", "read_food101n", "read_image_folder",
     "read_webvision", "resolve_source",
 ]
