@@ -59,6 +59,7 @@ def test_unknown_plain_name_mentions_the_prefixes():
         build_model("resnet9000", 10)
 
 
+@pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet:FutureWarning")
 def test_torchvision_model_with_auxiliary_classifiers_is_refused():
     with pytest.raises(ConfigError, match=r"torchvision:googlenet trains auxiliary classifiers.*timm:googlenet"):
         build_model("torchvision:googlenet", 10)

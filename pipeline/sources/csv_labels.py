@@ -178,4 +178,4 @@ def read_csv_labels(path: str | Path, labels: str | Path, classes: str | Path | 
         else:
             result[s] = SourceSplit(s, records, label_name=NOISY if s == "train" else "clean")
         log.info("%s: %d images", s, len(part))
-    return Source("csv", source, names, result, extra={"class_order": order, "labels_csv": str(csv_path)})
+    return Source("csv", source, names, result, extra={"class_order": order})
