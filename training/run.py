@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Overrides are dotted keys, e.g. data.label_set=cifar10n-worse optim.lr=0.02 "
                "method.name=ce epochs=5; see README 'Config reference'.",
     )
-    parser.add_argument("--config", required=True, help="YAML recipe (may derive from a 'base:' recipe)")
+    parser.add_argument("--config", help="YAML recipe (may derive from a 'base:' recipe)")
+    parser.add_argument("--describe-method", metavar="NAME",
+                        help="print a method's parameters (type, default, meaning) and exit")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -33,7 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.describe_method:
+        from training.methods import describe_method
+
+        try:
+            print(describe_method(args.describe_method))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.config:
+        parser.error("--config is required (or --describe-method NAME)")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level.upper() != "DEBUG":  # Accelerate logs every checkpoint file at INFO
         logging.getLogger("accelerate").setLevel(logging.WARNING)

@@ -31,7 +31,7 @@ from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
 from training.evaluation import TrainTally, eval_pass, predict, soft_label_diagnostics, top1_top5
-from training.methods import build_method
+from training.methods import build_method, method_config
 from training.methods.base import EpochRun, EvalFn, MethodContext, StepOutput
 from training.models import build_model
 from training.outputs import hardware, write_atomic, write_json, write_metrics
@@ -81,6 +81,10 @@ def _transform(config: Config) -> transforms.TransformConfig:
 class Trainer:
     def __init__(self, config: Config, resume: bool = False):
         _check_devices(config)
+        # the method's validated parameters, defaults included, before anything is written: config.yaml
+        # and results.json then record what ran, not only what was typed
+        params = method_config(config.method.name, config.method.params).model_dump(mode="json")
+        config = config.model_copy(update={"method": config.method.model_copy(update={"params": params})})
         self.config = config
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
         set_seed(config.seed, deterministic=config.deterministic)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+import inspect
+
+from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import ConfigError
 from training.methods.alr import ALR
@@ -26,13 +28,51 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Sur
                                                               GCE, SCE, ELR, Coteaching, SOP, MWNet, DivideMix)}
 
 
-def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
+def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ConfigError(f"method.name: unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
+    return METHODS[name]
+
+
+def method_config(name: str, params: dict) -> BaseModel:
+    """The validated parameters of method `name`, defaults included; errors name the method.params key."""
     try:
-        config = cls.Config.model_validate(params)
+        return method_class(name).Config.model_validate(params)
     except ValidationError as err:
         bad = "; ".join(f"method.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"invalid parameters for method {name!r}: {bad}") from None
-    return cls(config, ctx)
+
+
+def build_method(name: str, params: dict, ctx: MethodContext) -> Method:
+    return method_class(name)(method_config(name, params), ctx)
+
+
+def describe_method(name: str) -> str:
+    """The method's docstring summary and its parameters: type, default (or "required") and the meaning
+    written beside each field of its Config class."""
+    cls = method_class(name)
+    meanings: dict[str, str] = {}
+    for config_cls in reversed(cls.Config.__mro__):  # base classes first, subclasses override
+        try:
+            source = inspect.getsource(config_cls)
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []  # comment lines right above a field
+        for line in source.splitlines():
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("# "))
+                continue
+            field, colon, rest = text.partition(":")
+            if colon and field.isidentifier() and ("=" in rest or "#" in rest):
+                meanings[field] = rest.split("#", 1)[1].strip() if "#" in rest else " ".join(above)
+            above = []
+    doc = (inspect.getmodule(cls).__doc__ or cls.__name__).strip().split("\n\n")[0]
+    lines = [f"{name}: {' '.join(doc.split())}", "", "method.params:"]
+    for field, info in cls.Config.model_fields.items():
+        default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+        kind = info.annotation.__name__ if isinstance(info.annotation, type) else str(info.annotation)
+        lines.append(f"  {field} ({kind.replace('typing.', '')}, {default}): {meanings.get(field, '')}".rstrip(": "))
+    if not cls.Config.model_fields:
+        lines.append("  (none)")
+    return "\n".join(lines)
