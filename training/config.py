@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+from training.tracking import default_backend
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config"]
 
@@ -84,6 +85,14 @@ class StateConfig(_Section):
     device_budget_gib: float = Field(4.0, gt=0)  # per process, all arrays together
 
 
+class TrackingConfig(_Section):
+    """Experiment trackers through Accelerate (training/tracking.py); metrics.jsonl is written either way."""
+
+    backend: Literal["none", "tensorboard", "wandb", "mlflow", "aim"] = Field(default_factory=default_backend)
+    # default: tensorboard where the package is importable, else none; files go to <run>/tracking/
+    project: str | None = None  # the tracker's project / experiment name; default: the run name
+
+
 class MethodConfig(_Section):
     name: str = "ce"  # a name from training.methods.METHODS
     params: dict[str, Any] = {}  # validated by the method's own config model
@@ -95,6 +104,7 @@ class Config(_Section):
     optim: OptimConfig
     method: MethodConfig = MethodConfig()
     state: StateConfig = StateConfig()
+    tracking: TrackingConfig = TrackingConfig()
     epochs: int = Field(gt=0)
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -108,6 +118,8 @@ class Config(_Section):
     # non-finite check); the steps in between never wait for the device
     channels_last: bool = False  # models in NHWC memory layout (faster convolutions on tensor-core GPUs)
     compile: bool = False  # torch.compile every model (first steps slower while it compiles; GPU runs)
+    export_label_issues: bool = False  # after the last epoch, write <run>/label_issues/ (training/label_issues.py;
+    # in-sample predictions: tools/find_label_issues.py --folds K for out-of-sample ones)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

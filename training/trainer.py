@@ -15,6 +15,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
@@ -36,6 +37,7 @@ from training.methods.base import EpochRun, EvalFn, MethodContext, StepOutput
 from training.models import build_model
 from training.outputs import hardware, write_atomic, write_json, write_metrics
 from training.schedule import lr_factor
+from training.tracking import TRACKING_DIR, Tracking, check_backend
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +80,74 @@ def _transform(config: Config) -> transforms.TransformConfig:
                   strong_magnitude=data.strong_magnitude)
 
 
+def loader_args(config: Config, accelerator: Accelerator) -> dict:
+    """make_loader's arguments shared by every loader of a run (mode, transform, device, process split)."""
+    data = config.data
+    return dict(mode=data.loader, transform=_transform(config), device=accelerator.device,
+                process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+                num_threads=data.num_threads, mmap=data.mmap)
+
+
+def method_context(config: Config, dataset: Dataset, noisy: torch.Tensor, clean: torch.Tensor | None,
+                   run_dir: Path, is_main_process: bool) -> MethodContext:
+    """What a method is built with: the trainer's, and tools that rebuild a run's method to predict with it."""
+    optim = config.optim
+    if optim.name == "sgd":
+        build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
+                                  weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+    else:
+        build_optimizer = partial(torch.optim.AdamW, lr=optim.lr, weight_decay=optim.weight_decay)
+    return MethodContext(
+        num_classes=dataset.num_classes,
+        num_samples=dataset.num_samples(config.data.train_split),
+        noisy_labels=noisy,
+        clean_labels=clean,
+        epochs=config.epochs,
+        base_lr=optim.lr,
+        build_model=partial(build_model, config.model.name, dataset.num_classes, pretrained=config.model.pretrained),
+        build_optimizer=build_optimizer,
+        out_dir=run_dir / "method",
+        is_main_process=is_main_process,
+        class_names=dataset.classes,
+    )
+
+
 class Trainer:
-    def __init__(self, config: Config, resume: bool = False):
+    def __init__(self, config: Config, resume: bool = False, exclude: np.ndarray | None = None):
+        """exclude: bool (N,) training samples left out of this run besides the clean meta subset (the
+        held-out fold of tools/find_label_issues.py --folds)."""
         _check_devices(config)
+        check_backend(config.tracking.backend)
         # the method's validated parameters, defaults included, before anything is written: config.yaml
         # and results.json then record what ran, not only what was typed
         params = method_config(config.method.name, config.method.params).model_dump(mode="json")
         config = config.model_copy(update={"method": config.method.model_copy(update={"params": params})})
         self.config = config
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
-        set_seed(config.seed, deterministic=config.deterministic)
         self.run_dir = Path(config.out_dir) / config.resolved_run_name
+        backend = config.tracking.backend
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
+                                       log_with=None if backend == "none" else backend,
+                                       project_dir=self.run_dir / TRACKING_DIR)
+        set_seed(config.seed, deterministic=config.deterministic)
         self.ckpt_dir = self.run_dir / CHECKPOINTS
         self._prepare_run_dir(resume)
         self._build_data()
+        if exclude is not None:
+            self.train_mask = exclude if self.subset_mask is None else exclude | self.subset_mask
+        else:
+            self.train_mask = self.subset_mask
         self._build_method()
         sampling = None
         if config.data.epoch_samples is not None:
             sampling = BalancedEpochs(self.noisy.cpu().numpy(), config.data.epoch_samples, self.dataset.num_classes)
         self.train_loader = make_loader(self.dataset, config.data.train_split, batch_size=config.data.batch_size,
-                                        train=True, seed=config.seed, exclude=self.subset_mask,
+                                        train=True, seed=config.seed, exclude=self.train_mask,
                                         views=self.method.needs.views, sampling=sampling, **self._loader_args)
         # the training stream's samples in order with the eval transform, for methods' per-epoch passes
         self.train_eval_loader = None
         if self.method.needs.train_eval:
             self.train_eval_loader = make_loader(self.dataset, config.data.train_split, train=False,
-                                                 batch_size=config.data.eval_batch_size, exclude=self.subset_mask,
+                                                 batch_size=config.data.eval_batch_size, exclude=self.train_mask,
                                                  **self._loader_args)
         self._build_models()
         self.progress = Progress()
@@ -114,6 +158,7 @@ class Trainer:
                 acc.register_for_checkpointing(extra)
         if resume:
             self._resume()
+        self.tracking = Tracking(acc, config.tracking.backend, self.run_dir / "method")
 
     # ------------------------------------------------------------------ set-up
 
@@ -159,9 +204,7 @@ class Trainer:
         if data.clean_label_set:
             self.clean = torch.from_numpy(self.dataset.labels(data.train_split, data.clean_label_set)).to(device)
         self.subset_mask = self.dataset.mask(data.train_split, data.clean_subset) if data.clean_subset else None
-        self._loader_args = dict(mode=data.loader, transform=_transform(self.config), device=device,
-                                 process_index=acc.process_index, num_processes=acc.num_processes,
-                                 num_threads=data.num_threads, mmap=data.mmap)
+        self._loader_args = loader_args(self.config, acc)
         # split -> (loader, clean labels (N_split,) on the device); the first is the headline test split
         self.test_sets = {
             split: (make_loader(self.dataset, split, batch_size=data.eval_batch_size, train=False, **self._loader_args),
@@ -188,25 +231,7 @@ class Trainer:
 
     def _build_method(self) -> None:
         cfg, acc = self.config, self.accelerator
-        optim = cfg.optim
-        if optim.name == "sgd":
-            build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
-                                      weight_decay=optim.weight_decay, nesterov=optim.nesterov)
-        else:
-            build_optimizer = partial(torch.optim.AdamW, lr=optim.lr, weight_decay=optim.weight_decay)
-        ctx = MethodContext(
-            num_classes=self.dataset.num_classes,
-            num_samples=self.dataset.num_samples(cfg.data.train_split),
-            noisy_labels=self.noisy,
-            clean_labels=self.clean,
-            epochs=cfg.epochs,
-            base_lr=optim.lr,
-            build_model=partial(build_model, cfg.model.name, self.dataset.num_classes, pretrained=cfg.model.pretrained),
-            build_optimizer=build_optimizer,
-            out_dir=self.run_dir / "method",
-            is_main_process=acc.is_main_process,
-            class_names=self.dataset.classes,
-        )
+        ctx = method_context(cfg, self.dataset, self.noisy, self.clean, self.run_dir, acc.is_main_process)
         self.method = build_method(cfg.method.name, cfg.method.params, ctx)
         specs = self.method.state_arrays()
         self.store = None
@@ -354,6 +379,8 @@ class Trainer:
 
     def fit(self) -> dict:
         cfg, acc = self.config, self.accelerator
+        self.tracking.start(cfg.tracking.project or cfg.resolved_run_name, cfg.model_dump(mode="json"),
+                            self.run_dir / TRACKING_DIR)
         for epoch in range(self.progress.epochs_done, cfg.epochs):
             lr = self.schedulers["model"].get_last_lr()[0]
             start = time.perf_counter()
@@ -375,11 +402,26 @@ class Trainer:
             if acc.is_main_process:
                 write_metrics(self.run_dir / "metrics.jsonl", self.progress.history)
                 tqdm.write(format_row(row))
+            self.tracking.log_epoch(row)
             self._save_checkpoint()
+        if cfg.export_label_issues:
+            self._export_label_issues()
         results = self._results()
         if acc.is_main_process:
             write_json(self.run_dir / "results.json", results)
+        self.tracking.finish()
         return results
+
+    def _export_label_issues(self) -> None:
+        """<run>/label_issues/ from the final models (in-sample predictions on the whole training split)."""
+        from training import label_issues
+
+        probs = label_issues.predict_split(self.method, self.models, self.dataset, self.config.data.train_split,
+                                           self._loader_args, self.config.data.eval_batch_size, self.accelerator)
+        if self.accelerator.is_main_process:
+            arrays = {name: self.store[name] for name in self.store.names} if self.store is not None else {}
+            label_issues.export(self.run_dir / label_issues.EXPORT_DIR, probs, self.noisy.cpu().numpy(),
+                                self.dataset, self.config.data.train_split, arrays, in_sample=True)
 
     def _results(self) -> dict:
         history = self.progress.history
