@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -28,47 +26,14 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset, DatasetError
-from pipeline.loader import derive_seed, epoch_plan, view_generators
+from pipeline.decode import decode_sample, fit, quiet_decoder_warnings
+from pipeline.epochs import derive_seed, view_generators
 from pipeline.shards import read_shard
 from pipeline.split_loader import SplitLoader
 
 log = logging.getLogger(__name__)
 
 GPU_DECODE_CHUNK = 1024  # images per batched nvJPEG call
-# torchvision 0.29 deprecates its decoders in favour of TorchCodec (not installed here) and warns on
-# every call; silenced around our decode loops only, with a note to migrate when TorchCodec is pinned
-_TV_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
-
-
-@contextmanager
-def quiet_decoder_warnings() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
-        yield
-
-
-def decode_sample(data: bytes, side: int, fixed: bool, where: str) -> Tensor:
-    """Encoded image bytes -> uint8 (3, side, side) on the CPU; `where` names the sample in errors.
-
-    fixed=True (imagenet kind) brings any size to side x side (T.to_fixed_size); fixed=False
-    (cifar kind) requires the image to be side x side already.
-    """
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as err:
-        raise DatasetError(f"{where} cannot be decoded: {err}") from err
-    return fit(image, side, fixed, where)
-
-
-def fit(image: Tensor, side: int, fixed: bool, where: str) -> Tensor:
-    if fixed:
-        return T.to_fixed_size(image, side)
-    if image.shape[1:] != (side, side):
-        raise DatasetError(
-            f"{where} is {image.shape[2]}x{image.shape[1]} px but the cifar transform expects "
-            f"{side}x{side} (data.image_size={side}): set data.transform=imagenet for images of other or mixed sizes"
-        )
-    return image
 
 
 def _decode_shard_cpu(path: Path, side: int, fixed: bool) -> tuple[list[int], Tensor]:
@@ -139,7 +104,7 @@ def _decode_shard_cuda(path: Path, side: int, fixed: bool, device: torch.device)
 
 
 class CacheLoader(SplitLoader):
-    """Batches from a decoded split held on the device; see pipeline/loader.py for the epoch split."""
+    """Batches from a decoded split held on the device; the plan is pipeline/split_loader.py's by idx."""
 
     def __init__(
         self,
@@ -151,34 +116,12 @@ class CacheLoader(SplitLoader):
     ):
         super().__init__(**options)
         self.images = decode_split(dataset, split, self.transform, self.device, self.num_threads)  # (N, 3, S, S) uint8
-        n = self.images.shape[0]
-        keep = np.ones(n, dtype=bool) if exclude is None else ~exclude
-        self.exclude = exclude
-        self.kept_idx = torch.from_numpy(np.flatnonzero(keep)).to(self.device)  # (M,) int64, increasing
-        if self.sampling is not None:
-            self._part = None
-            self._plan_subsets(exclude)
-        else:
-            self.num_samples = int(self.kept_idx.numel())
-            self._part, self._bounds = epoch_plan(self.num_samples, self.batch_size, self.process_index,
-                                                  self.num_processes)
-
-    def epoch_order(self, epoch: int) -> Tensor:
-        """(M,) int64 idx in this epoch's order, the same in every process (seeded by seed and epoch)."""
-        if not self.train:
-            return self.kept_idx
-        g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0))
-        perm = torch.randperm(self.num_samples, generator=g).to(self.device)
-        return self.kept_idx[perm]
+        self._plan(self.images.shape[0], exclude, can_stream=False)
 
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        if self.sampling is not None:
-            mine = torch.from_numpy(self.epoch_subset(epoch, self.exclude)).to(self.device)  # (steps * B,)
-        else:
-            start, stop = self._part
-            mine = self.epoch_order(epoch)[start:stop]  # (part,) this process's idx
+        mine = torch.from_numpy(self.epoch_idx(epoch)).to(self.device)  # (part,) int64
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)

@@ -9,8 +9,9 @@
     imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
-    per-epoch subset        with `sampling` (pipeline/sampling.py) the reader is replaced by an external
-                            source that feeds this process's drawn idx, read by idx from the tars
+    by idx                  with `sampling` (pipeline/sampling.py) or a small kept subset (the plans of
+                            pipeline/split_loader.py) the reader is replaced by an external source
+                            that feeds this process's idx, read by idx from the tars
                             (pipeline/random_access.py), batch by batch; decoding is the same
     views (cifar kind)      views=("weak", "strong") etc.: the same torch ops also make the views
                             (T.train_views); the imagenet kind has no views in stream mode (its
@@ -26,7 +27,7 @@ batch (as in cache mode); use the imagenet kind for mixed sizes.
 
 Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so it stops at the end
 of this process's part and trims the padding samples out of the last batch; batches are then
-regrouped by pipeline.loader.epoch_plan so every process takes the same number of steps.
+regrouped by pipeline.epochs.epoch_plan so every process takes the same number of steps.
 
 Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
 epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
@@ -51,7 +52,8 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline import transforms as T
 from pipeline.batch import Batch
 from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.epochs import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.random_access import ShardRandomAccess
 from pipeline.split_loader import SplitLoader
 from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
@@ -84,8 +86,8 @@ def _reader_pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, co
 
 
 @pipeline_def
-def _subset_pipeline(*, source, train, config: TransformConfig, gpu: bool):
-    """A per-epoch subset: `source` yields (encoded images, idx) batches read by idx
+def _by_idx_pipeline(*, source, train, config: TransformConfig, gpu: bool):
+    """Reading by idx: `source` yields (encoded images, idx) batches read by idx
     (pipeline/random_access.py) and raises StopIteration at the end of the epoch."""
     encoded, idx = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
     return _decode(encoded, idx, train=train, config=config, gpu=gpu)
@@ -133,14 +135,14 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 class DaliLoader(SplitLoader):
-    """Stream-mode loader on DALI; see the module docstring and pipeline/loader.py."""
+    """Stream-mode loader on DALI; see the module docstring and pipeline/split_loader.py."""
 
     def __init__(
         self,
         dataset: Dataset,
         split: str,
         *,
-        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (dropped from the decoded batches)
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (see the plans of pipeline/split_loader.py)
         dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
         **options,  # SplitLoader's
     ):
@@ -160,12 +162,15 @@ class DaliLoader(SplitLoader):
         self.ext = dataset.manifest.image_ext
         self.n = dataset.num_samples(split)
         self.dont_use_mmap = dont_use_mmap
-        self.exclude_mask = exclude
-        self.exclude = None if exclude is None else torch.from_numpy(exclude).to(self.device)  # (N,) bool
-        self._plan_stream(dataset, split, exclude)
+        self._plan(self.n, exclude, can_stream=True)
+        self._dropped = None  # (N,) bool on the device: excluded idx dropped from streamed batches
+        if self.streams and exclude is not None:
+            self._dropped = torch.from_numpy(exclude).to(self.device)
+        if not self.streams:
+            self.reader = ShardRandomAccess(dataset, split)
 
     def _build(self, epoch: int, source=None) -> DALIGenericIterator:
-        """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (a subset)."""
+        """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (read by idx)."""
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
         common = dict(
@@ -173,8 +178,9 @@ class DaliLoader(SplitLoader):
             seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH, train=self.train,
             config=self.transform, gpu=gpu,
         )
-        if source is not None:
-            pipe = _subset_pipeline(source=source, **common)
+        if source is not None:  # epoch_plan's last batch may hold one sample more than batch_size
+            common["batch_size"] = max(hi - lo for lo, hi in self._bounds)
+            pipe = _by_idx_pipeline(source=source, **common)
             pipe.build()
             return DALIGenericIterator(pipe, ["images", "idx"], auto_reset=False)  # runs until source stops
         pipe = _reader_pipeline(
@@ -193,7 +199,7 @@ class DaliLoader(SplitLoader):
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
         generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
-        batches = self._subset_epoch(epoch) if self.sampling is not None else self._split_epoch(epoch)
+        batches = self._split_epoch(epoch) if self.streams else self._by_idx_epoch(epoch)
         for images, idx in batches:
             yield self._batch(images, idx, generator, extra)
         self.epoch = epoch + 1
@@ -225,9 +231,9 @@ class DaliLoader(SplitLoader):
         if bounds:
             yield torch.cat(tail_images), torch.cat(tail_idx)
 
-    def _subset_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, idx) of this process's class-balanced draw for `epoch`, read by idx."""
-        mine = self.epoch_subset(epoch, self.exclude_mask)  # (steps * B,) int64
+    def _by_idx_epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, idx) of this process's idx for `epoch` (SplitLoader.epoch_idx), read by idx."""
+        mine = self.epoch_idx(epoch)  # (part,) int64
 
         def source() -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
             for lo, hi in self._bounds:
@@ -245,8 +251,8 @@ class DaliLoader(SplitLoader):
                extra: dict[str, torch.Generator]) -> Batch:
         images = images.to(self.device, non_blocking=True)
         idx = idx.to(self.device, non_blocking=True)
-        if self.exclude is not None:
-            keep = ~self.exclude[idx]
+        if self._dropped is not None:
+            keep = ~self._dropped[idx]
             images, idx = images[keep], idx[keep]
         views = {}
         if self.transform.kind == "cifar":  # (b, H, W, 3) uint8 -> (b, 3, size, size) float32

@@ -2,7 +2,7 @@
 
 Two modes from the same shards (DESIGN.md rule 3):
   stream  DALI reads, decodes and augments the tars (pipeline/dali_loader.py); without DALI
-          (e.g. macOS) a plain tarfile + torchvision fallback does the same (pipeline/wds_loader.py)
+          (e.g. macOS) a webdataset + torchvision fallback does the same (pipeline/webdataset_loader.py)
   cache   the split is decoded once into a uint8 tensor on the device (pipeline/cache_loader.py)
 
 Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives every Batch
@@ -17,30 +17,29 @@ only) trains each epoch on a fresh class-balanced random subset of `samples` idx
 recipes' "2,000 batches of 64"), drawn by pipeline/sampling.py from (seed, epoch) in every process
 alike, each process taking its own block; the stream modes read those samples by idx.
 
-Every loader yields Batch objects and gives the same number of steps in every process, because a
-distributed step is a collective: one process with an extra batch would wait forever for the
-others. `epoch_plan` is the one rule all loaders follow:
+Every loader yields Batch objects and gives the same number of steps in every process, by the
+epoch plan of pipeline/epochs.py; pipeline/split_loader.py says which samples each mode reads and
+how (`exclude`: a small kept subset such as the clean meta subset is read by idx in every mode, so
+all modes yield the same batches of it).
 
-  * the N samples of an epoch are split into P contiguous parts whose sizes differ by at most 1
-    (part r = [floor(r N / P), floor((r + 1) N / P)), the same split DALI's readers use);
-  * every process takes steps = ceil(min part size / B) steps;
-  * a process whose part would need one more batch merges its surplus into its last batch, so
-    each sample still appears exactly once per epoch and no padding sample is ever yielded.
+Imports go one way: this module imports the loaders, they import pipeline/split_loader.py,
+pipeline/epochs.py and pipeline/decode.py, which import none of them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Iterator, Literal, Protocol
 
 import numpy as np
 import torch
 
 from pipeline.batch import Batch
+from pipeline.cache_loader import CacheLoader
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.sampling import BalancedEpochs
 from pipeline.transforms import TransformConfig, check_views
+from pipeline.webdataset_loader import WebDatasetLoader
 
 log = logging.getLogger(__name__)
 
@@ -55,63 +54,6 @@ class Loader(Protocol):
     def __len__(self) -> int: ...  # batches per epoch, the same in every process
 
     def set_epoch(self, epoch: int) -> None: ...
-
-
-# ----------------------------------------------------------------------------------------------
-# The per-process split
-
-
-def part_bounds(n: int, num_parts: int, part: int) -> tuple[int, int]:
-    """[start, stop) of part `part` when n items are split into num_parts contiguous near-equal parts."""
-    return (part * n) // num_parts, ((part + 1) * n) // num_parts
-
-
-def steps_per_epoch(n: int, num_parts: int, batch_size: int) -> int:
-    """Batches every process takes per epoch: ceil(smallest part / batch_size)."""
-    if batch_size < 1 or num_parts < 1:
-        raise ValueError(f"batch_size and num_processes must be >= 1, got {batch_size} and {num_parts}")
-    return math.ceil((n // num_parts) / batch_size)  # the smallest part has floor(n / P) items
-
-
-def batch_bounds(part_size: int, steps: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, stop) within one process's part for each of its `steps` batches.
-
-    All batches have batch_size items except the last, which takes whatever is left, possibly a
-    little more than batch_size (the surplus of a part one item larger than the smallest).
-    """
-    if steps == 0:
-        return []
-    bounds = [(i * batch_size, (i + 1) * batch_size) for i in range(steps - 1)]
-    bounds.append(((steps - 1) * batch_size, part_size))
-    return bounds
-
-
-def epoch_plan(n: int, batch_size: int, process_index: int, num_processes: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """(part [start, stop) of this process, batch bounds relative to the part start)."""
-    start, stop = part_bounds(n, num_processes, process_index)
-    steps = steps_per_epoch(n, num_processes, batch_size)
-    return (start, stop), batch_bounds(stop - start, steps, batch_size)
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, purpose): independent streams, stable across runs."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-# derive_seed purposes: 0 order, 1+r cache/fallback augment, 2 DALI, 3 shuffle/DALI augment, then one per
-# extra view (the strong view keeps 4, so adding views leaves its draws as they were)
-VIEW_PURPOSES = {"strong": 4, "weak2": 5}
-
-
-def view_generators(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,
-                    process_index: int) -> dict[str, torch.Generator]:
-    """One generator per asked-for view beyond "weak", for one epoch of one process."""
-    generators = {}
-    for name in views:
-        if name in VIEW_PURPOSES:
-            generators[name] = torch.Generator(device=device)
-            generators[name].manual_seed(derive_seed(seed, epoch, VIEW_PURPOSES[name], process_index))
-    return generators
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,8 +144,6 @@ def make_loader(
         sampling=sampling,
     )
     if mode == "cache":
-        from pipeline.cache_loader import CacheLoader
-
         return CacheLoader(dataset, split, **common)
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(
@@ -211,10 +151,8 @@ def make_loader(
             f"use mode='cache' (it augments on any torch device) or device='cpu'"
         )
     if dali_available():
-        from pipeline.dali_loader import DaliLoader
+        from pipeline.dali_loader import DaliLoader  # here: DALI is optional (no wheels for macOS)
 
         return DaliLoader(dataset, split, dont_use_mmap=not mmap, **common)
-    from pipeline.wds_loader import WdsLoader
-
-    log.warning("nvidia.dali cannot be imported: stream mode uses the tarfile + torchvision fallback (slower)")
-    return WdsLoader(dataset, split, **common)
+    log.warning("nvidia.dali cannot be imported: stream mode uses the webdataset + torchvision fallback (slower)")
+    return WebDatasetLoader(dataset, split, **common)

@@ -18,7 +18,7 @@ from pipeline import transforms as T
 from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
 from pipeline.loader import dali_available, make_loader
 from pipeline.shards import ShardWriter, sha256_file
-from pipeline.wds_loader import WdsLoader
+from pipeline.webdataset_loader import WebDatasetLoader
 
 CLASSES = [f"c{i}" for i in range(10)]
 
@@ -64,7 +64,7 @@ def make_dataset(root: Path, sizes: dict[str, int] | None = None, side: int = 32
 
 
 def build_loader(kind: str, dataset: Dataset, split: str = "train", **kw):
-    """A loader of one kind ("cache", "dali" or "wds", the DALI-less fallback) with test defaults:
+    """A loader of one kind ("cache", "dali" or "webdataset", the fallback without DALI) with test defaults:
     cifar transforms on the CPU, training mode, batches of 16. Skips when DALI is missing."""
     kw.setdefault("transform", T.cifar10())
     kw.setdefault("device", torch.device("cpu"))
@@ -72,6 +72,6 @@ def build_loader(kind: str, dataset: Dataset, split: str = "train", **kw):
     kw.setdefault("batch_size", 16)
     if kind == "dali" and not dali_available():
         pytest.skip("nvidia.dali is not installed")
-    if kind == "wds":
-        return WdsLoader(dataset, split, **kw)
+    if kind == "webdataset":
+        return WebDatasetLoader(dataset, split, **kw)
     return make_loader(dataset, split, mode="cache" if kind == "cache" else "stream", **kw)

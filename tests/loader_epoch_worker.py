@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from pipeline import transforms as T
 from pipeline.dataset import Dataset
 from pipeline.loader import dali_available, make_loader
-from pipeline.wds_loader import WdsLoader
+from pipeline.webdataset_loader import WebDatasetLoader
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = dict(batch_size=16, train=True, transform=T.cifar10(), device=accelerator.device,
               process_index=accelerator.process_index, num_processes=accelerator.num_processes, seed=3)
     loaders = {"cache": lambda: make_loader(dataset, "train", mode="cache", **kw),
-               "wds": lambda: WdsLoader(dataset, "train", **kw)}
+               "webdataset": lambda: WebDatasetLoader(dataset, "train", **kw)}
     if dali_available():
         loaders["dali"] = lambda: make_loader(dataset, "train", mode="stream", **kw)
     result = {}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
+from pipeline.loader import dali_available
 from training import methods
 from training.config import load_config
 from training.methods.base import DataNeeds, Method
@@ -59,6 +60,21 @@ def test_clean_subset_stream_serves_only_the_subset(tiny_dataset, tmp_path, prob
     assert set(clean_seen) == subset  # 12 steps x 8 > 20: the stream cycled through all of it
     for idx, labels in probe.seen_clean:
         assert labels == clean[idx].tolist()
+
+
+@pytest.mark.parametrize("loader", ["cache", "dali", "fallback"])
+def test_clean_subset_batches_are_full_in_every_loader_mode(loader, tiny_dataset, tmp_path, probe, monkeypatch):
+    """20 subset samples in batches of 8: passes of 8, 8, 4 in every mode (the stream modes once planned
+    over all 200 and gave 25 batches of 0-3, an empty one a NaN loss)."""
+    if loader == "dali" and not dali_available():
+        pytest.skip("nvidia.dali is not installed")
+    if loader == "fallback":
+        monkeypatch.setattr("pipeline.loader.dali_available", lambda: False)
+    mode = "cache" if loader == "cache" else "stream"
+    stream = Trainer(_config(tiny_dataset, tmp_path, "method.name=clean_probe", f"data.clean_subset={MASK}",
+                             f"data.loader={mode}")).clean_subset
+    sizes = [len(stream.next_batch().idx) for _ in range(6)]
+    assert sizes == [8, 8, 4, 8, 8, 4]
 
 
 def test_clean_subset_required_by_method_names_the_fix(tiny_dataset, tmp_path, probe, capsys):

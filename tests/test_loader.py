@@ -1,4 +1,4 @@
-"""Tests of the loaders (pipeline/loader.py, cache_loader.py, dali_loader.py, wds_loader.py).
+"""Tests of the loaders (pipeline/loader.py, cache_loader.py, dali_loader.py, webdataset_loader.py).
 
 Each loader kind is checked for the epoch contract: every idx exactly once per epoch over all
 processes, the same len() in every process, no padding duplicates, `exclude` respected.
@@ -17,8 +17,9 @@ import torch
 
 from pipeline import transforms as T
 from pipeline.dataset import Dataset
-from pipeline.loader import batch_bounds, dali_available, epoch_plan, make_loader, part_bounds, steps_per_epoch
-from pipeline.wds_loader import WdsLoader
+from pipeline.epochs import batch_bounds, epoch_plan, part_bounds, steps_per_epoch
+from pipeline.loader import dali_available, make_loader
+from pipeline.webdataset_loader import WebDatasetLoader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from launch import launch_cpu  # noqa: E402
@@ -26,7 +27,7 @@ from loader_data import build_loader as build  # noqa: E402
 from loader_data import make_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ["cache", "dali", "wds"]
+KINDS = ["cache", "dali", "webdataset"]
 needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not installed (stream mode uses the fallback)")
 
 
@@ -144,6 +145,55 @@ def test_loader_exclude_leaves_out_masked_idx(kind, loader_dataset):
     assert sorted(seen) == np.flatnonzero(~exclude).tolist()
 
 
+SUBSET = "clean-subset-20-s0"  # 20 of the 200 train samples
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize("train", [True, False])
+def test_loader_small_kept_subset_gives_the_same_batches_in_every_mode(processes, train, loader_dataset):
+    """The clean meta subset (everything else excluded) is read by idx: every mode yields the cache
+    mode's idx batches, epoch_plan's sizes (never an empty batch), every kept idx once per epoch."""
+    kept = loader_dataset.mask("train", SUBSET)
+    expected_sizes = {1: [8, 8, 4], 2: [8, 2]}[processes]  # 20 split in parts of 20 or 10, batches of 8
+    batches = {}
+    for kind in KINDS:
+        for r in range(processes):
+            loader = build(kind, loader_dataset, exclude=~kept, batch_size=8, train=train, process_index=r,
+                           num_processes=processes, seed=4)
+            assert loader.num_samples == 20 and len(loader) == len(expected_sizes)
+            batches[kind, r] = [[b.idx.tolist() for b in loader] for _ in range(2)]  # two epochs
+    for kind, r in batches:
+        assert batches[kind, r] == batches["cache", r], f"{kind} process {r}"
+    for epoch in range(2):
+        assert all([len(b) for b in batches["cache", r][epoch]] == expected_sizes for r in range(processes))
+        seen = [i for r in range(processes) for b in batches["cache", r][epoch] for i in b]
+        assert sorted(seen) == np.flatnonzero(kept).tolist()
+    if train:
+        assert batches["cache", 0][0] != batches["cache", 0][1]  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("kind", ["dali", "webdataset"])
+def test_stream_loader_with_most_of_the_split_kept_streams_and_drops(kind, loader_dataset):
+    """The noisy stream with the subset held out reads the whole split in file order and drops the
+    excluded idx: batch i holds the kept idx of file positions [16 i, 16 i + 16)."""
+    exclude = loader_dataset.mask("train", SUBSET)
+    loader = build(kind, loader_dataset, exclude=exclude, train=False, batch_size=16)
+    assert loader.streams and loader.num_samples == 180 and len(loader) == 13  # ceil(200 / 16)
+    expected = [[i for i in range(lo, min(lo + 16, 200)) if not exclude[i]] for lo in range(0, 200, 16)]
+    assert [b.idx.tolist() for b in loader] == expected
+    shuffled = [len(b.idx) for b in build(kind, loader_dataset, exclude=exclude, batch_size=16)]
+    assert sum(shuffled) == 180 and max(shuffled) <= 16 and len(shuffled) == 13
+
+
+@pytest.mark.parametrize("kind", ["dali", "webdataset"])
+def test_stream_loader_reads_by_idx_up_to_half_the_split_kept(kind, loader_dataset):
+    exclude = np.zeros(200, dtype=bool)
+    exclude[:100] = True
+    assert not build(kind, loader_dataset, exclude=exclude).streams  # 100 kept: by idx
+    exclude[0] = False
+    assert build(kind, loader_dataset, exclude=exclude).streams  # 101 kept: streaming
+
+
 def test_cache_loader_is_deterministic_for_a_seed(loader_dataset):
     a = list(build("cache", loader_dataset, seed=5))
     b = list(build("cache", loader_dataset, seed=5))
@@ -160,7 +210,7 @@ def test_cache_and_stream_decode_the_same_pixels_for_eval(loader_dataset):
         order = torch.cat([b.idx for b in loader]).argsort()
         return images[order]
 
-    cache, stream, fallback = by_idx("cache"), by_idx("dali"), by_idx("wds")
+    cache, stream, fallback = by_idx("cache"), by_idx("dali"), by_idx("webdataset")
     # both use libjpeg-turbo but may differ in IDCT / upsampling: a few levels of 255 at most
     level = 1 / (255 * min(T.CIFAR10_STD))  # one pixel level in normalised units
     assert (cache - stream).abs().mean() < 1 * level
@@ -241,7 +291,7 @@ def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog
     with caplog.at_level("WARNING"):
         loader = make_loader(loader_dataset, "train", mode="stream", batch_size=8, train=True,
                              transform=T.cifar10(), device="cpu")
-    assert isinstance(loader, WdsLoader)
+    assert isinstance(loader, WebDatasetLoader)
     assert "fallback" in caplog.text
 
 
@@ -257,7 +307,7 @@ def test_loader_two_real_processes_cover_the_epoch(loader_dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     n = loader_dataset.num_samples("train")
-    assert set(result) >= {"cache", "wds"} | ({"dali"} if dali_available() else set())
+    assert set(result) >= {"cache", "webdataset"} | ({"dali"} if dali_available() else set())
     for mode, record in result.items():
         assert record["lens"][0] == record["lens"][1], mode
         assert record["num_samples"] == n

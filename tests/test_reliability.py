@@ -24,7 +24,7 @@ from conftest import DEMO_CIFAR_N, make_shards_main, write_image_tree
 from PIL import Image
 
 from pipeline import convert
-from pipeline.cache_loader import fit
+from pipeline.decode import fit
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.errors import UserError, describe_os_error
 from pipeline.locks import FolderLock

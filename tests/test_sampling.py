@@ -114,7 +114,7 @@ def test_random_access_names_a_missing_index_entry(sampled_dataset, tmp_path):
         ShardRandomAccess(Dataset(copy), "train")
 
 
-@pytest.mark.parametrize("kind", ["cache", "dali", "wds"])
+@pytest.mark.parametrize("kind", ["cache", "dali", "webdataset"])
 def test_loaders_train_on_a_balanced_subset_per_epoch(kind, sampled_dataset):
     labels = sampled_dataset.labels("train", "clean")
     exclude = sampled_dataset.mask("train", "clean-subset-20-s0")
@@ -154,7 +154,7 @@ def test_loader_subsets_of_two_processes_are_disjoint_and_equal_in_steps(sampled
     assert len(np.intersect1d(idx[0], idx[1])) == 0 and len(idx[0]) == len(idx[1]) == 64
 
 
-@pytest.mark.parametrize("kind", ["cache", "wds"])
+@pytest.mark.parametrize("kind", ["cache", "webdataset"])
 def test_a_subset_larger_than_the_training_set_names_the_setting(kind, sampled_dataset):
     exclude = sampled_dataset.mask("train", "clean-subset-20-s0")
     sampling = BalancedEpochs(sampled_dataset.labels("train", "clean"), samples=190, num_classes=10)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader_data import build_loader as _build  # noqa: E402
 from loader_data import make_dataset  # noqa: E402
 
-KINDS = ["cache", "dali", "wds"]
+KINDS = ["cache", "dali", "webdataset"]
 VIEWS = ("weak", "strong")
 
 
@@ -318,7 +318,7 @@ def test_loader_views_differ_between_epochs(views_dataset):
 
 def test_loader_views_differ_between_processes():
     """Each process draws its own augmentation stream per extra view (seeded by seed, epoch, view and process)."""
-    from pipeline.loader import view_generators
+    from pipeline.epochs import view_generators
 
     g0 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 0)["strong"]
     g1 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 1)["strong"]

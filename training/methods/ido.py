@@ -68,7 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
 from pipeline.errors import ConfigError
-from pipeline.loader import part_bounds
+from pipeline.epochs import part_bounds
 from state.spec import ArraySpec
 from training.evaluation import auroc
 from training.methods.base import DataNeeds, Method, MethodContext, StepOutput

@@ -1,11 +1,13 @@
-"""Stream mode without DALI (e.g. macOS, where nvidia-dali has no wheels): tarfile + torchvision.
+"""Stream mode without DALI (e.g. macOS, where nvidia-dali has no wheels): webdataset + torchvision.
 
-Same contract as pipeline/dali_loader.py, slower: the tars are read in file order with
-pipeline.shards.read_shard, this process reads only its contiguous part of the split (the split of
-pipeline.loader.epoch_plan, part index rotated by the epoch for training, as in the DALI loader),
-training order comes from a seeded shuffle buffer, images are decoded by torchvision in a thread
-pool, and augmented with the batched ops of pipeline/transforms.py on the device (views too).
-With `sampling`, each epoch's class-balanced subset is read by idx (pipeline/random_access.py).
+Same contract as pipeline/dali_loader.py, slower. Streaming (pipeline/split_loader.py's plans), the
+webdataset library reads the tars in file order (tar members grouped by key into samples), this
+process only the shards that hold its contiguous part of the split (the part of
+pipeline.epochs.epoch_plan, its index rotated by the epoch for training, as in the DALI loader);
+training order comes from a seeded shuffle buffer; excluded idx are dropped before decoding. By idx
+(a small kept subset, or `sampling`), each sample is one read (pipeline/random_access.py). Images
+are decoded by torchvision in a thread pool (pipeline/decode.py, the cache mode's decoder) and
+augmented with the batched ops of pipeline/transforms.py on the device (views too).
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import webdataset as wds
 
 from pipeline import transforms as T
 from pipeline.batch import Batch
-from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
-from pipeline.dataset import Dataset
-from pipeline.loader import derive_seed, epoch_plan, part_bounds, view_generators
-from pipeline.shards import read_shard
+from pipeline.dataset import Dataset, DatasetError
+from pipeline.decode import decode_sample, quiet_decoder_warnings
+from pipeline.epochs import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.random_access import ShardRandomAccess
+from pipeline.shards import IDX_EXT, decode_idx
 from pipeline.split_loader import SplitLoader
 
 SHUFFLE_BUFFER = 4096  # samples in the shuffle buffer (encoded bytes), as in the DALI loader
 
 
-class WdsLoader(SplitLoader):
-    """Stream-mode fallback loader; see the module docstring and pipeline/loader.py."""
+class WebDatasetLoader(SplitLoader):
+    """Stream-mode fallback loader; see the module docstring and pipeline/split_loader.py."""
 
     def __init__(
         self,
@@ -48,18 +52,32 @@ class WdsLoader(SplitLoader):
                 f"{dataset.path}: the shards of split {split!r} hold {sum(self.shard_sizes)} samples, the manifest "
                 f"says {self.n}: re-run tools/make_shards.py --force"
             )
-        self.exclude = exclude
-        self._plan_stream(dataset, split, exclude)
+        self._plan(self.n, exclude, can_stream=True)
+        if not self.streams:
+            self.reader = ShardRandomAccess(dataset, split)
 
-    def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes, str]]:
-        """(idx, bytes, ext) at file positions [start, stop) of the split, reading only the shards needed."""
-        first = 0
+    def _samples(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+        """(idx, image bytes) at file positions [start, stop) of the split, reading only the shards needed."""
+        needed, first, offset = [], 0, 0  # offset: file position of the first needed shard's first sample
         for path, size in zip(self.paths, self.shard_sizes):
             if first < stop and first + size > start:
-                for position, sample in enumerate(read_shard(path), start=first):
-                    if start <= position < stop:
-                        yield sample
+                offset = offset if needed else first
+                needed.append({"url": str(path)})
             first += size
+        for position, sample in enumerate(wds.tarfile_samples(needed), start=offset):
+            if position >= stop:
+                return
+            if position >= start:
+                yield self._decode_member(sample)
+
+    @staticmethod
+    def _decode_member(sample: dict) -> tuple[int, bytes]:
+        members = [key for key in sample if not key.startswith("__")]  # webdataset adds __key__, __url__
+        images = [key for key in members if key != IDX_EXT]
+        if IDX_EXT not in members or len(images) != 1:
+            raise DatasetError(f"{sample['__url__']}: sample {sample['__key__']} has members {members}, "
+                               f"expected one image and an .{IDX_EXT}: re-run tools/make_shards.py --force")
+        return decode_idx(sample[IDX_EXT]), sample[images[0]]
 
     def _shuffled(self, samples: Iterator, rng: random.Random) -> Iterator:
         buffer = []
@@ -76,16 +94,16 @@ class WdsLoader(SplitLoader):
     def __iter__(self) -> Iterator[Batch]:
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
-        if self.sampling is not None:
-            bounds = self._bounds
-            samples = ((int(i), self.reader.read(int(i)).tobytes(), "") for i in self.epoch_subset(epoch, self.exclude))
-        else:
+        if self.streams:
             part = self._part_index(epoch)
             start, stop = part_bounds(self.n, self.num_processes, part)
             _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
             samples = self._samples(start, stop)
             if self.train:
                 samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
+        else:
+            bounds = self._bounds
+            samples = ((int(i), self.reader.read(int(i)).tobytes()) for i in self.epoch_idx(epoch))
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
@@ -96,7 +114,7 @@ class WdsLoader(SplitLoader):
         with ThreadPoolExecutor(max(1, self.num_threads)) as pool:
             for lo, hi in bounds:
                 chunk = [next(samples) for _ in range(hi - lo)]
-                if self.exclude is not None:
+                if self.streams and self.exclude is not None:
                     chunk = [s for s in chunk if not self.exclude[s[0]]]
                 with quiet_decoder_warnings():
                     images = list(pool.map(
