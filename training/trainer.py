@@ -421,7 +421,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             arrays = {name: self.store[name] for name in self.store.names} if self.store is not None else {}
             label_issues.export(self.run_dir / label_issues.EXPORT_DIR, probs, self.noisy.cpu().numpy(),
-                                self.dataset, self.config.data.train_split, arrays, in_sample=True)
+                                self.dataset, self.config.data.train_split, arrays, self._loader_args["transform"],
+                                in_sample=True, source={"epoch": self.progress.epochs_done})
 
     def _results(self) -> dict:
         history = self.progress.history
