@@ -98,3 +98,17 @@ def test_folds_predict_each_sample_with_a_model_that_held_it_out(tiny_dataset, t
     probs = np.load(out / "pred_probs.npy")
     assert probs.shape == (len(labels), 10) and np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)  # every row filled by its fold's model
+
+
+def test_score_counts_flags_against_the_clean_labels():
+    from score_label_issues import score
+
+    clean = np.array([0, 1, 2, 0, 1])
+    given = np.array([0, 2, 2, 1, 1])  # idx 1 and 3 are wrong
+    flagged = np.array([False, True, True, False, False])  # one hit, one false alarm, one miss
+    quality = np.array([0.9, 0.1, 0.2, 0.3, 0.8])
+    suggested = np.array([0, 1, 0, 0, 1])
+    s = score(flagged, quality, suggested, given != clean, clean)
+    assert (s["flagged"], s["precision"], s["recall"], s["suggested_acc"]) == (2, 0.5, 0.5, 1.0)
+    # idx 1 (0.1) ranks below every right label, idx 3 (0.3) below two of the three: 5 of 6 pairs
+    assert s["auroc"] == pytest.approx(5 / 6)
