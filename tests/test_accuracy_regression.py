@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_shards_main, write_image_tree
+from support.demo_data import make_shards_main, write_image_tree
 from training.run import main as run_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_CLASSES, DEMO_CIFAR_N
+from support.demo_data import CIFAR10_CLASSES, DEMO_CIFAR_N
 
 from pipeline import cifar_n, noise
 from pipeline.sources import read_image_folder

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_shards_main, write_image_tree
+from support.demo_data import make_shards_main, write_image_tree
 
 from pipeline import sources
 from pipeline.dataset import Dataset

@@ -14,7 +14,7 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from launch import launch_cpu
+from support.launch import launch_cpu
 from pipeline.batch import Batch
 from state.reader import StateReader
 from state.store import SampleStore
@@ -195,7 +195,7 @@ def test_two_processes_divide_identically(tiny_dataset, tmp_path):
     """Two real CPU processes (gloo): each gathers every sample's loss once and fits the same mixture
     itself (compared before the store, whose gather would otherwise keep process 0's rows)."""
     overrides = _args(tiny_dataset, tmp_path, *RUN, "cpu=true")[2:]  # drop --config: the worker loads demo_cpu
-    proc = launch_cpu(2, ROOT / "tests" / "dividemix_worker.py", str(tmp_path), *overrides)
+    proc = launch_cpu(2, ROOT / "tests" / "support" / "dividemix_worker.py", str(tmp_path), *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = (np.load(tmp_path / f"rank-{r}.npz") for r in (0, 1))
     assert first["computed"].shape == (2, 200)  # one division per network, over all 200 samples

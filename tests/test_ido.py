@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from scipy.special import betainc
 from torch import nn
 
-from launch import launch_cpu
+from support.launch import launch_cpu, worker_env
 
 from pipeline.batch import Batch
 from state.store import SampleStore
@@ -319,11 +318,11 @@ def test_wrong_event_counts_equal_an_independent_count(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_counts_of_one_process(tmp_path):
-    """tests/ido_counts_worker.py: the same global batches split over 2 DDP processes (a linear model,
+    """tests/support/ido_counts_worker.py: the same global batches split over 2 DDP processes (a linear model,
     so the split changes no statistics) must count, fit and weight exactly as one process does."""
-    worker = ROOT / "tests" / "ido_counts_worker.py"
+    worker = ROOT / "tests" / "support" / "ido_counts_worker.py"
     single = subprocess.run([sys.executable, str(worker), str(tmp_path)], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+                            env=worker_env(), timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     double = launch_cpu(2, worker, str(tmp_path))
     assert double.returncode == 0, double.stderr[-3000:]

@@ -3,21 +3,18 @@ checkpoint reproduces the run's own predictions, and cross-validated folds hold 
 
 import csv
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import CIFAR10_CLASSES
 from pipeline.dataset import Dataset
+from support.demo_data import CIFAR10_CLASSES
+from support.tools import load_tool
 from test_training import _args
 from training.label_issues import fold_masks, store_evidence
 from training.run import main as run_main
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-from find_label_issues import main as find_main  # noqa: E402
+find_main = load_tool("find_label_issues").main
 
 cleanlab = pytest.importorskip("cleanlab", reason="cleanlab is a test dependency: pip install -e .[dev]")
 
@@ -101,7 +98,7 @@ def test_folds_predict_each_sample_with_a_model_that_held_it_out(tiny_dataset, t
 
 
 def test_score_counts_flags_against_the_clean_labels():
-    from score_label_issues import score
+    score = load_tool("score_label_issues").score
 
     clean = np.array([0, 1, 2, 0, 1])
     given = np.array([0, 2, 2, 1, 1])  # idx 1 and 3 are wrong

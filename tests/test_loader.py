@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,9 @@ from pipeline.epochs import batch_bounds, epoch_plan, part_bounds, steps_per_epo
 from pipeline.loader import dali_available, make_loader
 from pipeline.webdataset_loader import WebDatasetLoader
 
-sys.path.insert(0, str(Path(__file__).parent))
-from launch import launch_cpu  # noqa: E402
-from loader_data import build_loader as build  # noqa: E402
-from loader_data import make_dataset  # noqa: E402
+from support.launch import launch_cpu
+from support.loader_data import build_loader as build
+from support.loader_data import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["cache", "dali", "webdataset"]
@@ -33,7 +31,7 @@ needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not
 
 @pytest.fixture(scope="session")
 def loader_dataset(request, tmp_path_factory) -> Dataset:
-    """helper A's tiny_dataset when tests/conftest.py provides it, else a small one of our own."""
+    """tests/conftest.py's tiny_dataset when it provides one, else a small one of our own."""
     try:
         tiny = request.getfixturevalue("tiny_dataset")
     except pytest.FixtureLookupError:
@@ -302,7 +300,7 @@ def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog
 @pytest.mark.slow
 def test_loader_two_real_processes_cover_the_epoch(loader_dataset, tmp_path):
     out = tmp_path / "idx.json"
-    done = launch_cpu(2, REPO / "tests" / "loader_epoch_worker.py", str(loader_dataset.path), str(out), cwd=tmp_path,
+    done = launch_cpu(2, REPO / "tests" / "support" / "loader_epoch_worker.py", str(loader_dataset.path), str(out), cwd=tmp_path,
                       timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())

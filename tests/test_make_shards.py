@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_CIFAR_N, make_shards_main, tar_tree, write_image_tree
+from support.demo_data import DEMO_CIFAR_N, make_shards_main, tar_tree, write_image_tree
 from test_sources import write_cifar100_python
 
 from pipeline import convert as convert_mod

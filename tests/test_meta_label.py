@@ -26,7 +26,7 @@ from training.methods.meta_label import (META, InnerSGD, MetaLabelNet, barrier_d
 from training.methods.mlc import mlc_gradients
 from training.methods.mlc_d import MLCDConfig
 from training.models.tiny_cnn import TinyCNN
-from launch import launch_cpu
+from support.launch import launch_cpu
 from training.run import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_CIFAR_N, make_shards_main, write_image_tree
+from support.demo_data import DEMO_CIFAR_N, make_shards_main, write_image_tree
 from PIL import Image
 
 from pipeline import convert

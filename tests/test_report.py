@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from support.tools import load_tool
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from report import plot_curves, table  # noqa: E402
+report = load_tool("report")
+plot_curves, table = report.plot_curves, report.table
 
 
 def _results(run: str, accs: list[float], **last) -> dict:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from launch import launch_cpu
+from support.launch import launch_cpu
 from training.config import ConfigError
 from training.evaluation import auroc
 from training.methods.l2rw import L2RW

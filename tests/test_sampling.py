@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_data import build_loader, make_dataset
+from support.loader_data import build_loader, make_dataset
 from pipeline import transforms as T
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.random_access import ShardRandomAccess

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import free_port
+from support.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "slurm" / "train.sbatch"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CIFAR10_CLASSES, tar_tree, write_image_tree
+from support.demo_data import CIFAR10_CLASSES, tar_tree, write_image_tree
 from PIL import Image
 
 from pipeline import sources

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_shards_main
-from official_layouts import (
+from support.demo_data import make_shards_main
+from support.official_layouts import (
     CLOTHING1M_CLASSES,
     FOOD_CLASSES,
     synsets,

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import state_sync_worker as worker
 from state.persist import plan_layout
 from state.reader import StateReader
 from state.store import SampleStore
 from state.sync import SingleProcess, communicator_for
+from support import state_sync_worker as worker
+from support.launch import launch_cpu
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _single_process_reference() -> dict[str, np.ndarray]:
@@ -48,13 +39,8 @@ def test_single_process_communicator_is_identity():
 @pytest.mark.slow
 @pytest.mark.parametrize("placement", ["host", "device"])
 def test_two_processes_match_one_process_and_never_share_a_shard(tmp_path, placement):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    # `accelerate launch --cpu --num_processes 2` starts ONE process here; --multi_gpu with
-    # ACCELERATE_USE_CPU=1 runs torchrun with two CPU processes on gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(REPO / "tests" / "state_sync_worker.py"), str(tmp_path), placement]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    done = launch_cpu(2, REPO / "tests" / "support" / "state_sync_worker.py", str(tmp_path), placement, cwd=tmp_path,
+                      timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
 
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

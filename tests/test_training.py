@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch import launch_cpu
+from support.launch import launch_cpu
+from support.tools import load_tool
 from state.reader import StateReader
 from training.run import main
 from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-from report import main as report_main, upsert_section  # noqa: E402
+report = load_tool("report")
+report_main, upsert_section = report.main, report.upsert_section
 
 
 def _args(dataset: Path, out: Path, *extra: str) -> list[str]:

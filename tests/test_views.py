@@ -3,8 +3,6 @@ make_loader(..., views=...) in cache mode, DALI stream mode and the fallback."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +12,8 @@ from pipeline import transforms as T
 from pipeline.dataset import Dataset
 from pipeline.loader import dali_available, make_loader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader_data import build_loader as _build  # noqa: E402
-from loader_data import make_dataset  # noqa: E402
+from support.loader_data import build_loader as _build
+from support.loader_data import make_dataset
 
 KINDS = ["cache", "dali", "webdataset"]
 VIEWS = ("weak", "strong")

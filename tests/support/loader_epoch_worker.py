@@ -1,6 +1,6 @@
 """One process of the real multi-process loader test (tests/test_loader.py).
 
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/loader_epoch_worker.py <dataset dir> <out.json>
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/support/loader_epoch_worker.py <dataset dir> <out.json>
 
 (`accelerate launch --cpu --num_processes 2` starts a single process unless mpirun is configured;
 torchrun through --multi_gpu with ACCELERATE_USE_CPU=1 starts two CPU processes on gloo.)

@@ -1,7 +1,7 @@
 """One process of the real 2-process sample-store test (tests/test_state_sync.py).
 
     ACCELERATE_USE_CPU=1 python -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \
-        --main_process_port <port> --mixed_precision no --dynamo_backend no tests/state_sync_worker.py <out dir> \
+        --main_process_port <port> --mixed_precision no --dynamo_backend no tests/support/state_sync_worker.py <out dir> \
         [host|device]
 
 Every process walks the same deterministic stream of global batches (`make_stream`), takes its own

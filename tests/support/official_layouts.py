@@ -1,5 +1,5 @@
 """Tiny copies of real-world noisy datasets in their official layouts (pipeline/sources/*.py docstrings),
-built from the shipped demo JPEGs (conftest.demo_images). Each writer returns what the tests check against.
+built from the shipped demo JPEGs (support.demo_data.demo_images). Each writer returns what the tests check against.
 
 Labels are chosen by formula so tests can recompute them: the image behind a key does not matter
 to the converter, only that it is a real JPEG.
@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import demo_images
+from support.demo_data import demo_images
 
 CLOTHING1M_CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker", "Jacket",
                       "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]

@@ -2,7 +2,7 @@
 it computed itself (every call of clean_probability, before the store's gather could hide a difference)
 and its copy of the stored clean_prob to <out>/rank-<rank>.npz (tests/test_dividemix.py compares them).
 
-    python tests/dividemix_worker.py OUT key=value ...   (or through accelerate launch, see launch.py)
+    PYTHONPATH=. python tests/support/dividemix_worker.py OUT key=value ...   (or through accelerate launch, see launch.py)
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from training.config import load_config
+from training.methods import dividemix
+from training.trainer import Trainer
 
-from training.config import load_config  # noqa: E402
-from training.methods import dividemix  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(out: Path, overrides: list[str]) -> None:

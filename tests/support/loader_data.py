@@ -58,7 +58,7 @@ def make_dataset(root: Path, sizes: dict[str, int] | None = None, side: int = 32
                                                 np.isin(np.arange(n), rng.choice(n, 20, replace=False)), "mask")},
         )
     manifest = Manifest(format_version=FORMAT_VERSION, name=root.name, classes=CLASSES, image_ext="jpg",
-                        splits=splits, provenance={"made_by": "tests/loader_data.py"})
+                        splits=splits, provenance={"made_by": "tests/support/loader_data.py"})
     (root / MANIFEST).write_text(manifest.model_dump_json(indent=1))
     return root
 

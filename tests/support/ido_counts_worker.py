@@ -5,7 +5,7 @@ its 1/N slice of every global batch and DDP averages the gradients, so the traje
 one-process run's (a linear model: no BatchNorm statistics that depend on the split). Writes the
 final wrong-event counts, p, eps and the mixture parameters to <out>/ido-<N>.npz.
 
-    python tests/ido_counts_worker.py OUT          (or through accelerate launch, see launch.py)
+    PYTHONPATH=. python tests/support/ido_counts_worker.py OUT   (or through accelerate launch, see launch.py)
 """
 
 from __future__ import annotations
@@ -18,14 +18,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.batch import Batch  # noqa: E402
-from state.store import SampleStore  # noqa: E402
-from state.sync import communicator_for  # noqa: E402
-from training.methods import METHODS  # noqa: E402
-from training.methods.base import MethodContext  # noqa: E402
-from training.methods.ido import IDO, WRONG_EVENT  # noqa: E402
+from pipeline.batch import Batch
+from state.store import SampleStore
+from state.sync import communicator_for
+from training.methods import METHODS
+from training.methods.base import MethodContext
+from training.methods.ido import IDO, WRONG_EVENT
 
 N, K, GLOBAL_BATCH, EPOCHS, STAGE1 = 48, 3, 8, 7, 5
 
