@@ -21,7 +21,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
+from pipeline.dataset import Dataset  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from training import label_issues as li  # noqa: E402
+from training.config import Config  # noqa: E402
+from training.run_setup import loader_args  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +48,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cross_validated_probs(config: Config, out_dir: Path, folds: int) -> np.ndarray:
+    """(N, K) out-of-sample pred_probs: for each fold a run of the same config trained without it (the
+    trainer's `exclude`), predicting that fold. Fold runs live in out_dir/folds/fold-F; a finished one
+    is reused, an interrupted one resumed."""
+    from training.trainer import Trainer
+
+    dataset = Dataset(Path(config.data.root) / config.data.name)
+    labels = dataset.labels(config.data.train_split, config.data.label_set)
+    probs = np.zeros((len(labels), dataset.num_classes), dtype=np.float32)
+    for f, held_out in enumerate(li.fold_masks(labels, folds, config.seed)):
+        fold_cfg = config.model_copy(update={
+            "out_dir": str(out_dir / "folds"), "run_name": f"fold-{f}", "export_label_issues": False,
+            "tracking": config.tracking.model_copy(update={"backend": "none"})})
+        fold_dir = out_dir / "folds" / f"fold-{f}"
+        if not (fold_dir / "results.json").is_file():
+            resume = any((fold_dir / "checkpoints").glob("epoch-*"))
+            Trainer(fold_cfg, resume=resume, exclude=held_out).fit()
+        run = li.load_run(fold_dir)
+        fold_probs = li.predict_split(run.method, run.models, run.dataset, config.data.train_split,
+                                      loader_args(config, run.accelerator), config.data.eval_batch_size,
+                                      run.accelerator)
+        probs[held_out] = fold_probs[held_out]
+    return probs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.folds is not None and args.folds < 2:
         print("error: --folds needs K >= 2", file=sys.stderr)
         return 2
-    from training import label_issues as li
-    from training.trainer import loader_args
 
     out = args.out or args.run / li.EXPORT_DIR
     try:
@@ -56,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         split = run.config.data.train_split
         source = {"run": str(args.run), "checkpoint": run.checkpoint.name}
         if args.folds:
-            probs = li.cross_validated_probs(run.config, out, args.folds)
+            probs = cross_validated_probs(run.config, out, args.folds)
             source["folds"] = args.folds
         else:
             probs = li.predict_split(run.method, run.models, run.dataset, split, loader_args(run.config, run.accelerator),

@@ -20,7 +20,7 @@ installed, else argmax.
 
 In-sample: a model's predictions on the samples it trained on. It has fitted part of their wrong
 labels (CE memorises them), so it flags fewer errors than a model that never saw them would;
-`cross_validated_probs` trains K models, each with one fold held out (cleanlab's recipe), and takes
+tools/find_label_issues.py --folds trains K models, each with one fold held out (cleanlab's recipe), and takes
 every sample's prediction from the model that did not train on it.
 """
 
@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.cache_loader import decode_sample, quiet_decoder_warnings
+from pipeline.decode import decode_sample, quiet_decoder_warnings
 from pipeline.dataset import Dataset
 from pipeline.errors import UserError
 from pipeline.loader import make_loader
@@ -50,6 +50,7 @@ from training.evaluation import eval_pass
 from training.methods import build_method
 from training.methods.base import Method
 from training.plots import class_name, save_figure
+from training.run_setup import method_context
 
 EXPORT_DIR = "label_issues"
 RULES = ("auto", "cleanlab", "argmax")
@@ -101,8 +102,6 @@ def load_run(run_dir: Path, epoch: int | None = None, data_root: str | None = No
     """The run's config.yaml, its method and models with the weights of the latest (or `epoch`'s)
     checkpoint, and its sample store at that checkpoint. data_root replaces data.root (a run made
     elsewhere, or from another working directory)."""
-    from training.trainer import method_context  # the trainer imports this module lazily
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} holds no config.yaml: pass a run directory (out_dir/run_name)")
@@ -131,30 +130,6 @@ def fold_masks(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
         members = rng.permutation(np.flatnonzero(labels == k))
         fold_of[members] = (np.arange(len(members)) + rng.integers(folds)) % folds
     return [fold_of == f for f in range(folds)]
-
-
-def cross_validated_probs(config: Config, out_dir: Path, folds: int) -> np.ndarray:
-    """(N, K) out-of-sample pred_probs: for each fold a run of the same config trained without it (the
-    trainer's `exclude`), predicting that fold. Fold runs live in out_dir/folds/fold-F; a finished one
-    is reused, an interrupted one resumed."""
-    from training.trainer import Trainer, loader_args
-
-    dataset = Dataset(Path(config.data.root) / config.data.name)
-    labels = dataset.labels(config.data.train_split, config.data.label_set)
-    probs = np.zeros((len(labels), dataset.num_classes), dtype=np.float32)
-    for f, held_out in enumerate(fold_masks(labels, folds, config.seed)):
-        fold_cfg = config.model_copy(update={
-            "out_dir": str(out_dir / "folds"), "run_name": f"fold-{f}", "export_label_issues": False,
-            "tracking": config.tracking.model_copy(update={"backend": "none"})})
-        fold_dir = out_dir / "folds" / f"fold-{f}"
-        if not (fold_dir / "results.json").is_file():
-            resume = any((fold_dir / "checkpoints").glob("epoch-*"))
-            Trainer(fold_cfg, resume=resume, exclude=held_out).fit()
-        run = load_run(fold_dir)
-        fold_probs = predict_split(run.method, run.models, run.dataset, config.data.train_split,
-                                   loader_args(config, run.accelerator), config.data.eval_batch_size, run.accelerator)
-        probs[held_out] = fold_probs[held_out]
-    return probs
 
 
 # ---------------------------------------------------------------------------------- scores and flags

@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,19 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from pipeline import transforms
 from pipeline.dataset import Dataset
 from pipeline.locks import FolderLock, FolderLocked
 from pipeline.loader import make_loader
 from pipeline.provenance import code_version
 from pipeline.sampling import BalancedEpochs
 from training.clean_subset import CleanSubset
+from training.run_setup import loader_args, method_context
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
 from training.evaluation import TrainTally, eval_pass, predict, soft_label_diagnostics, top1_top5
 from training.methods import build_method, method_config
-from training.methods.base import EpochRun, EvalFn, MethodContext, StepOutput
-from training.models import build_model
+from training.methods.base import EpochRun, EvalFn, StepOutput
 from training.outputs import hardware, write_atomic, write_json, write_metrics
 from training.schedule import lr_factor
 from training.tracking import TRACKING_DIR, Tracking, check_backend
@@ -71,45 +69,6 @@ def _check_devices(config: Config) -> None:
             raise ConfigError("compile=true on a GPU needs triton (pip install triton); or set compile=false")
         if not gpu and shutil.which(os.environ.get("CXX", "g++")) is None:
             raise ConfigError("compile=true on CPU needs a C++ compiler (g++, or set CXX); or set compile=false")
-
-
-def _transform(config: Config) -> transforms.TransformConfig:
-    preset = transforms.cifar10 if config.data.transform == "cifar" else transforms.imagenet
-    data = config.data
-    return preset(size=data.image_size, augment=data.augment, upscale=data.upscale,
-                  strong_magnitude=data.strong_magnitude)
-
-
-def loader_args(config: Config, accelerator: Accelerator) -> dict:
-    """make_loader's arguments shared by every loader of a run (mode, transform, device, process split)."""
-    data = config.data
-    return dict(mode=data.loader, transform=_transform(config), device=accelerator.device,
-                process_index=accelerator.process_index, num_processes=accelerator.num_processes,
-                num_threads=data.num_threads, mmap=data.mmap)
-
-
-def method_context(config: Config, dataset: Dataset, noisy: torch.Tensor, clean: torch.Tensor | None,
-                   run_dir: Path, is_main_process: bool) -> MethodContext:
-    """What a method is built with: the trainer's, and tools that rebuild a run's method to predict with it."""
-    optim = config.optim
-    if optim.name == "sgd":
-        build_optimizer = partial(torch.optim.SGD, lr=optim.lr, momentum=optim.momentum,
-                                  weight_decay=optim.weight_decay, nesterov=optim.nesterov)
-    else:
-        build_optimizer = partial(torch.optim.AdamW, lr=optim.lr, weight_decay=optim.weight_decay)
-    return MethodContext(
-        num_classes=dataset.num_classes,
-        num_samples=dataset.num_samples(config.data.train_split),
-        noisy_labels=noisy,
-        clean_labels=clean,
-        epochs=config.epochs,
-        base_lr=optim.lr,
-        build_model=partial(build_model, config.model.name, dataset.num_classes, pretrained=config.model.pretrained),
-        build_optimizer=build_optimizer,
-        out_dir=run_dir / "method",
-        is_main_process=is_main_process,
-        class_names=dataset.classes,
-    )
 
 
 class Trainer:
