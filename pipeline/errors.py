@@ -27,3 +27,7 @@ def describe_os_error(err: OSError, where: str) -> str:
 
 class ConfigError(UserError, ValueError):
     """A recipe, override or setting is wrong; the message names the key (e.g. data.epoch_samples)."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss stopped being finite: a setting to change (learning rate, precision), not a bug."""

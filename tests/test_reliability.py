@@ -153,6 +153,12 @@ def second_run_with_the_same_run_name(tmp_path, dataset):
         Trainer(_config(dataset, tmp_path / "runs"))
 
 
+def loss_diverges(tmp_path, dataset):
+    from training.trainer import Trainer
+
+    Trainer(_config(dataset, tmp_path / "runs", "optim.lr=1e30", "log_every=1")).fit()
+
+
 def disk_full(tmp_path, dataset):
     raise UserError(describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/data/x.partial/a.tar"),
                                       "--out"))
@@ -177,6 +183,7 @@ CASES = [
     (unknown_method, "method.name: unknown method 'nope'"),
     (convert_while_another_converts, "is being written by another make_shards (pid "),
     (second_run_with_the_same_run_name, "is in use by another run (pid "),
+    (loss_diverges, "is not finite (latest"),
     (disk_full, "no space left on the device (/data/x.partial/a.tar): free space or choose another --out"),
 ]
 

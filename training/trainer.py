@@ -21,6 +21,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from pipeline.dataset import Dataset
+from pipeline.errors import TrainingDiverged
 from pipeline.locks import FolderLock, FolderLocked
 from pipeline.loader import make_loader
 from pipeline.provenance import code_version
@@ -300,7 +301,7 @@ class Trainer:
         not finite (it then poisons the tally's loss sum, so checking every log_every steps misses none)."""
         latest, total = torch.stack([loss.double(), tally.loss_sum()]).tolist()
         if not math.isfinite(total):
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"epoch {epoch + 1}: a loss of steps {checked + 1}..{step} is not finite (latest {latest}); "
                 f"lower optim.lr or use mixed_precision=bf16 instead of fp16 (log_every=1 finds the step)"
             )

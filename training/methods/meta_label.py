@@ -55,6 +55,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import ConfigError
 from torch import nn
 
 from pipeline.batch import Batch
@@ -442,7 +444,7 @@ class MetaLabelMethod(Method):
     def build_models(self) -> dict[str, nn.Module]:
         model = self.ctx.build_model()
         if not hasattr(model, "features") or not hasattr(model, "fc"):
-            raise ValueError(f"method {self.name!r} needs a model with features(x) and fc (training/models/)")
+            raise ConfigError(f"method {self.name!r} needs a model with features(x) and fc (training/models/)")
         cfg = self.config
         meta = MetaLabelNet(self.ctx.num_classes, model.fc.in_features, cfg.meta_embed_dim, cfg.meta_hidden)
         return {"model": model, META: meta}
@@ -470,7 +472,7 @@ class MetaLabelMethod(Method):
             return images, labels, None
         half = len(labels) // 2
         if half == 0:
-            raise ValueError(f"{self.name} with clean_in_lower splits the clean batch in two: set "
+            raise ConfigError(f"{self.name} with clean_in_lower splits the clean batch in two: set "
                              f"data.clean_batch_size to 2 or more, or method.params.clean_in_lower=false")
         return images[:half], labels[:half], (images[half:], labels[half:])
 
