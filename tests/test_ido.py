@@ -459,3 +459,24 @@ def test_frozen_stage1_updates_only_the_head(tmp_path):
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("body."))
     assert not torch.equal(after["fc.weight"], before["fc.weight"])
+
+
+def test_batch_entropy_over_processes_equals_the_joint_batch():
+    """Two half batches, each with the global means of c and (1 - p) H, averaged as DDP does: the same
+    loss and the same gradient as one process with the whole batch (a product of means is not a mean)."""
+    g = torch.Generator().manual_seed(0)
+    u, v = torch.randn(8, 3, generator=g, requires_grad=True), torch.randn(8, 3, generator=g, requires_grad=True)
+    labels, p, eps = torch.randint(0, 3, (8,), generator=g), torch.rand(8, generator=g), torch.rand(8, generator=g)
+    full = ido_loss(u, v, labels, p, eps, "batch")["loss"]
+    full_grads = torch.autograd.grad(full, (u, v))
+
+    probs = ((u.softmax(1) + v.softmax(1)) / 2).clamp(1e-4, 1 - 1e-4).detach()
+    global_values = iter([probs.max(1).values.mean(), ((1 - p) * -(probs * probs.log()).sum(1)).mean()] * 2)
+    halves = [ido_loss(u[s], v[s], labels[s], p[s], eps[s], "batch", global_mean=lambda x: next(global_values))["loss"]
+              for s in (slice(0, 4), slice(4, 8))]
+    averaged = sum(halves) / 2
+    torch.testing.assert_close(averaged, full)
+    for got, want in zip(torch.autograd.grad(averaged, (u, v)), full_grads):
+        torch.testing.assert_close(got, want)
+    local_only = sum(ido_loss(u[s], v[s], labels[s], p[s], eps[s], "batch")["loss"] for s in (slice(0, 4), slice(4, 8)))
+    assert not torch.allclose(local_only / 2, full)  # without the global means the split changes the loss

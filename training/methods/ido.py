@@ -59,7 +59,8 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -106,9 +107,16 @@ class IDOConfig(BaseModel):
 
 
 def ido_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, eps: torch.Tensor,
-             entropy: Literal["batch", "per_sample"] = "batch") -> dict[str, torch.Tensor]:
+             entropy: Literal["batch", "per_sample"] = "batch",
+             global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The stage-2 loss (module docstring). u, v (B, K) float32 logits of the weak / strong view,
-    labels (B,) int64 given labels, p and eps (B,) float32 per-sample weights -> {"loss", terms}."""
+    labels (B,) int64 given labels, p and eps (B,) float32 per-sample weights -> {"loss", terms}.
+
+    global_mean(x) -> the mean of x (B,) over the global batch of all processes, detached. With it the
+    batch entropy term is the product of global-batch means, written so that the process-averaged
+    gradient is that product's (mean_l(c) G_q + G_c mean_l(q) - G_c G_q, G = global means): several
+    processes then train as one process with their joint batch does; the other terms are means of
+    per-sample terms, which process averaging already gets right."""
     ce = F.cross_entropy(u, labels, reduction="none") + F.cross_entropy(v, labels, reduction="none")  # (B,)
     mse = (u - v).pow(2).mean(dim=1)  # (B,)
     probs = ((u.softmax(dim=1) + v.softmax(dim=1)) / 2).clamp(PROB_CLAMP, 1 - PROB_CLAMP)  # (B, K)
@@ -116,11 +124,22 @@ def ido_loss(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, p: torch.Te
     entropy_i = -(probs * probs.log()).sum(dim=1)  # (B,)
     ce_term, mse_term = (p * ce).mean(), (eps * mse).mean()
     if entropy == "batch":
-        ent_term = confidence.mean() * ((1 - p) * entropy_i).mean()
+        weighted = (1 - p) * entropy_i  # (B,)
+        if global_mean is None:
+            ent_term = confidence.mean() * weighted.mean()
+        else:
+            c_all, q_all = global_mean(confidence.detach()), global_mean(weighted.detach())
+            ent_term = confidence.mean() * q_all + c_all * weighted.mean() - c_all * q_all
     else:
         ent_term = ((1 - p) * confidence * entropy_i).mean()
     return {"loss": ce_term + mse_term + ent_term, "ce": ce_term.detach(), "consistency": mse_term.detach(),
             "entropy": ent_term.detach()}
+
+
+def global_batch_mean(accelerator, x: torch.Tensor) -> torch.Tensor:
+    """mean of x (B,) over every process's batch (sums and counts all-reduced on the device)."""
+    totals = accelerator.reduce(torch.stack([x.sum(), torch.tensor(float(x.numel()), device=x.device)]), "sum")
+    return totals[0] / totals[1]
 
 
 def prediction_changes(prev: np.ndarray, cur: np.ndarray) -> int:
@@ -244,7 +263,8 @@ class IDO(Method):
         wrong = (u.detach().argmax(dim=1) != labels).to(torch.int32) + (v.detach().argmax(dim=1) != labels).to(torch.int32)
         self.store.add(WRONG_EVENT, batch.idx, wrong)  # (B,) in {0, 1, 2}: once per view, before the weights
         p, eps = self.live_posteriors(batch.idx)
-        terms = ido_loss(u, v, labels, p, eps, self.config.entropy)
+        terms = ido_loss(u, v, labels, p, eps, self.config.entropy,
+                         global_mean=partial(global_batch_mean, accelerator) if accelerator.num_processes > 1 else None)
         accelerator.backward(terms["loss"])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
