@@ -41,6 +41,7 @@ def test_store_evidence_reads_any_array_generically():
     assert "clean_prob_argmax" in cols
 
 
+@pytest.mark.slow
 def test_export_at_end_of_run_round_trips_through_cleanlab(tiny_dataset, tmp_path):
     assert run_main(_args(tiny_dataset, tmp_path, *ALR, "export_label_issues=true", "tracking.backend=none")) == 0
     out = tmp_path / "r" / "label_issues"
