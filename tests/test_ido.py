@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeAccelerator:
-    """The three Accelerator calls IDO makes, for one CPU process (no global Accelerate state)."""
+    """The Accelerator calls IDO makes, for one CPU process (no global Accelerate state)."""
+
+    num_processes = 1
 
     def autocast(self):
         return contextlib.nullcontext()
