@@ -248,3 +248,24 @@ def test_baseline_trains_end_to_end_on_the_tiny_dataset(tiny_dataset, tmp_path, 
         assert key in row and np.isfinite(row[key])
     if name == "coteaching":
         assert row["keep_ratio"] == pytest.approx(0.64)
+
+
+@pytest.mark.slow
+def test_coteaching_in_two_processes_selects_within_each_batch_and_syncs_every_sample(tiny_dataset, tmp_path):
+    """Two CPU processes: each selects the small-loss part of its own batch (the authors' per-batch rule);
+    the selection counts of every sample reach the shared store (no -1 left after an epoch)."""
+    from state.reader import StateReader
+    from support.launch import launch_cpu
+    from test_training import ROOT
+
+    args = _args(tiny_dataset, tmp_path, "cpu=true", "method.name=coteaching", "method.params.forget_rate=0.36",
+                 "method.params.ramp_epochs=1")
+    proc = launch_cpu(2, ROOT / "training/run.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    row = results["history"][-1]
+    assert results["hardware"]["num_processes"] == 2 and 0 <= row["selection_auroc"] <= 1
+    assert row["keep_ratio"] == pytest.approx(0.64)
+    selected = StateReader(tmp_path / "r").arrays()[SELECTED]
+    assert selected.min() >= 0 and selected.max() <= 2  # every sample seen, counted by both networks at most
+    assert 0 < (selected == 2).mean() < 1  # some samples dropped by a network, most kept
