@@ -268,7 +268,7 @@ import sys, time
 import pipeline.shard_stream as s
 real = s._encode_chunk
 def slow(*args):
-    time.sleep(0.5)
+    time.sleep(1.0)
     return real(*args)
 slow.__qualname__ = "_encode_chunk"
 slow.__module__ = "pipeline.shard_stream"
@@ -282,12 +282,13 @@ sys.exit(main(sys.argv[1:]))
 def test_ctrl_c_of_make_shards_is_quiet_and_resumable(tmp_path):
     tree = write_image_tree(tmp_path / "src", {"train": 10})
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "--source", str(tree), "--name", "x", "--out",
-                             str(tmp_path / "out"), "--workers", "2", "--samples-per-shard", "16", "--no-progress"],
+                             str(tmp_path / "out"), "--workers", "2", "--samples-per-shard", "2", "--no-progress"],
                             cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
     journal = convert.partial_dir(tmp_path / "out", "x") / "journal.json"
     deadline = time.monotonic() + 60
     while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, "the conversion ended before it could be interrupted (5 chunks of >= 1 s each)"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
