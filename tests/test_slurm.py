@@ -68,8 +68,8 @@ def test_dry_run_prints_each_nodes_launch_with_its_rank_and_the_first_host(tmp_p
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == nodes
-    for rank, line in enumerate(lines):
-        node, options, script = parse_launch(line)
+    launches = sorted(parse_launch(line) for line in lines)  # the nodes' tasks run at once: any line order
+    for rank, (node, options, script) in enumerate(launches):
         assert node == rank and options["--machine_rank"] == str(rank)
         assert options["--num_machines"] == str(nodes)
         assert options["--num_processes"] == str(nodes * per_node)
