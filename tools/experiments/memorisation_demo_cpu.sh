@@ -6,7 +6,7 @@
 # (the run locks of common.sh), e.g. one per label set with OMP_NUM_THREADS=1 each:
 #   SETS=sym-0.40-s0 tools/experiments/memorisation_demo_cpu.sh & SETS=cifar10n-worse tools/experiments/...
 # Writes runs/memorisation/<label set>/<run> and one table per label set in RESULTS.md.
-#   usage: [SETS="..."] [ONLY="ce alr ..."] tools/experiments/memorisation_demo_cpu.sh [DATA_ROOT] [RUNS_ROOT]
+#   usage: [SETS="..."] [ONLY="ce alr ..." (run in this order)] tools/experiments/memorisation_demo_cpu.sh [DATA_ROOT] [RUNS_ROOT]
 # The table of a label set is rewritten in RESULTS.md after every run, so a partial sweep still reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +43,7 @@ declare -A RUN=(
   [coteaching]="method.name=coteaching"  # + forget_rate = the label set's realised noise rate (below)
   [sop]="method.name=sop"
   [mwnet]="method.name=mwnet"
+  [dividemix]="method.name=dividemix method.params.warmup_epochs=12"
   # the first readings of the corrected methods, beside their authors' forms
   [ido-per_sample]="method.name=ido method.params.stage1_epochs=12 method.params.entropy=per_sample"
   [ebomlc-probs]="method.name=ebomlc method.params.upper_mix=probs"
@@ -53,7 +54,7 @@ declare -A RUN=(
 )
 # the seed papers' methods first, then the baselines, then the first readings (the order they run in)
 ORDER=(ce selc alr ido ebomlc surrogate gce elr coteaching ebomlc-probs ido-per_sample l2rw mlc sce sop mwnet
-       ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower)
+       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower)
 ONLY=${ONLY:-${ORDER[*]}}
 # realised wrong-label fraction of the demo subset's label sets (tools/demo/README.md, RESULTS.md)
 declare -A NOISE=([sym-0.40-s0]=0.362 [cifar10n-worse]=0.418)
@@ -68,9 +69,11 @@ report() {  # the table of every finished run of label set $1, replacing its ear
     --command "tools/experiments/memorisation_demo_cpu.sh" --append RESULTS.md > /dev/null
 }
 
+for name in $ONLY; do
+  [ -n "${RUN[$name]:-}" ] || { echo "unknown run name '$name' in ONLY; known: ${ORDER[*]}" >&2; exit 2; }
+done
 for set in $SETS; do
-  for name in "${ORDER[@]}"; do
-    [[ " $ONLY " == *" $name "* ]] || continue
+  for name in $ONLY; do
     extra=()
     if [ "$name" = coteaching ]; then extra=("method.params.forget_rate=${NOISE[$set]}"); fi
     # shellcheck disable=SC2086
