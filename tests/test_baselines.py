@@ -3,7 +3,6 @@ each loss against hand-computed values on tiny tensors, then one short end-to-en
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 
@@ -14,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.batch import Batch
-from state.store import SampleStore
+from support import methods
+from support.methods import make_run
 from test_training import _args
 from training.methods import METHODS
-from training.methods.base import MethodContext
 from training.methods.coteaching import SELECTED, keep_ratio, small_loss_exchange
 from training.methods.elr import TARGET, clamped_softmax, elr_regulariser
 from training.methods.gce import gce_loss
@@ -25,29 +24,9 @@ from training.methods.sce import reverse_cross_entropy
 from training.run import main
 
 
-class FakeAccelerator:
-    """The two Accelerator calls Co-teaching's step makes, for one CPU process."""
-
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-
-def make_method(name: str, labels, *, clean=None, build_model=None, **params):
-    labels = torch.as_tensor(labels)
-    k = 3
-    ctx = MethodContext(num_classes=k, num_samples=len(labels), noisy_labels=labels,
-                        clean_labels=None if clean is None else torch.as_tensor(clean), epochs=20, base_lr=1.0,
-                        build_model=build_model or (lambda: nn.Linear(2, k)),
-                        build_optimizer=lambda p: torch.optim.SGD(p, lr=1.0), out_dir=None, is_main_process=True)
-    cls = METHODS[name]
-    method = cls(cls.Config.model_validate(params), ctx)
-    specs = method.state_arrays()
-    if specs:
-        method.store = SampleStore(specs, len(labels), labels=labels, num_classes=k)
-    return method
+def make_method(name: str, labels, **params):
+    """Method `name` on K = 3 classes, its models nn.Linear(2, 3) trained by SGD at lr 1."""
+    return methods.make_method(name, labels, base_lr=1.0, **params)
 
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
@@ -76,7 +55,7 @@ def test_gce_equals_one_minus_p_to_the_q_over_q():
     assert gce_loss(LOGITS, LABELS, 0.7).item() == pytest.approx(expected, rel=1e-6)
     method = make_method("gce", [0, 2])
     assert method.config.q == 0.7
-    assert method.loss(LOGITS, LABELS, None, 0)["loss"].item() == pytest.approx(expected, rel=1e-6)
+    assert method.loss(LOGITS, LABELS, None, make_run(method))["loss"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_gce_tends_to_ce_as_q_goes_to_zero_and_to_mae_at_q_one():
@@ -110,11 +89,12 @@ def test_sce_loss_is_alpha_ce_plus_beta_rce_with_per_dataset_weights():
     ce, rce = math.log(3), 4 * (2 / 3)
     cifar10 = make_method("sce", [1])
     assert (cifar10.config.alpha, cifar10.config.beta, cifar10.config.log_zero) == (0.1, 1.0, -4.0)
-    out = cifar10.loss(logits, labels, None, 0)
+    out = cifar10.loss(logits, labels, None, make_run(cifar10))
     assert out["loss"].item() == pytest.approx(0.1 * ce + 1.0 * rce, rel=1e-6)
     assert out["rce"].item() == pytest.approx(rce, rel=1e-6)
     cifar100 = make_method("sce", [1], alpha=6.0, beta=0.1)
-    assert cifar100.loss(logits, labels, None, 0)["loss"].item() == pytest.approx(6.0 * ce + 0.1 * rce, rel=1e-6)
+    out = cifar100.loss(logits, labels, None, make_run(cifar100))
+    assert out["loss"].item() == pytest.approx(6.0 * ce + 0.1 * rce, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,17 +110,18 @@ def test_elr_target_is_an_ema_of_the_clamped_normalised_prediction():
     method = make_method("elr", [0, 2, 1])
     beta, lam = method.config.beta, method.config.lam
     assert (beta, lam) == (0.7, 3.0)
+    run = make_run(method)
     batch = Batch(images=torch.zeros(2, 1), idx=torch.tensor([2, 0]))
     first = torch.tensor([[30.0, 0.0, 0.0], [0.0, 1.0, 2.0]])  # row 0 saturates: the clamp matters
-    method.loss(first, torch.tensor([1, 0]), batch, 0)
+    method.loss(first, torch.tensor([1, 0]), batch, run)
     q1 = np.array(_clamped_normalised(softmax_rows(first.tolist())))
-    np.testing.assert_allclose(method.store[TARGET][[2, 0]], (1 - beta) * q1, rtol=1e-5)
-    np.testing.assert_array_equal(method.store[TARGET][1], 0)  # not in the batch: untouched
+    np.testing.assert_allclose(run.store[TARGET][[2, 0]], (1 - beta) * q1, rtol=1e-5)
+    np.testing.assert_array_equal(run.store[TARGET][1], 0)  # not in the batch: untouched
 
-    out = method.loss(LOGITS, torch.tensor([1, 0]), batch, 0)
+    out = method.loss(LOGITS, torch.tensor([1, 0]), batch, run)
     q2 = np.array(_clamped_normalised(P))
     target = beta * (1 - beta) * q1 + (1 - beta) * q2
-    np.testing.assert_allclose(method.store[TARGET][[2, 0]], target, rtol=1e-5)
+    np.testing.assert_allclose(run.store[TARGET][[2, 0]], target, rtol=1e-5)
     p = np.clip(np.array(P), 1e-4, 1 - 1e-4)
     ce = (-math.log(P[0][1]) - math.log(P[1][0])) / 2
     reg = np.log(1 - (target * p).sum(axis=1)).mean()
@@ -159,7 +140,15 @@ def test_elr_regulariser_gradient_pulls_the_prediction_towards_the_target():
 
 
 def test_elr_reports_label_correction_through_its_soft_targets():
-    assert METHODS["elr"].soft_label_array == TARGET
+    method = make_method("elr", [0, 2, 1], clean=[0, 1, 1])  # idx 1 is wrong
+    run = make_run(method)
+    run.store.set(TARGET, torch.arange(3), torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]]))
+    metrics = method.on_epoch_end(run).metrics
+    assert metrics["corrected"] == 1.0  # idx 1: the target's argmax is its clean label
+    assert metrics["broken"] == 1.0  # idx 0 and 2: right labels the targets' argmax contradicts
+    assert metrics["soft_label_acc"] == pytest.approx(1 / 3)
+    unknown = make_method("elr", [0, 2, 1])  # clean labels unknown: nothing to report
+    assert unknown.on_epoch_end(make_run(unknown)).metrics == {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +180,8 @@ def test_coteaching_step_trains_each_network_on_the_samples_the_other_kept():
     torch.manual_seed(0)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     method = make_method("coteaching", labels, forget_rate=0.5, ramp_epochs=2)
-    models = method.build_models()
-    optimizers = method.build_optimizers(models)
+    run = make_run(method, epoch=2)
+    models = run.models
     before = {name: [p.detach().clone() for p in m.parameters()] for name, m in models.items()}
     x = torch.randn(6, 2)
     ce = {name: F.cross_entropy(m(x), labels, reduction="none").detach() for name, m in models.items()}
@@ -200,7 +189,7 @@ def test_coteaching_step_trains_each_network_on_the_samples_the_other_kept():
     keep_peer = torch.topk(ce["peer"], 3, largest=False).indices
     assert set(keep_model.tolist()) != set(keep_peer.tolist())  # otherwise the exchange is not tested
 
-    out = method.train_step(Batch(images=x, idx=torch.arange(6)), labels, models, optimizers, FakeAccelerator(), 2)
+    out = method.train_step(Batch(images=x, idx=torch.arange(6)), labels, run)
 
     for name, trained_on in (("model", keep_peer), ("peer", keep_model)):
         ref = nn.Linear(2, 3)
@@ -214,18 +203,20 @@ def test_coteaching_step_trains_each_network_on_the_samples_the_other_kept():
     expected = np.zeros(6)
     expected[keep_model.numpy()] += 1
     expected[keep_peer.numpy()] += 1
-    np.testing.assert_array_equal(method.store[SELECTED], expected)
+    np.testing.assert_array_equal(run.store[SELECTED], expected)
 
 
 def test_coteaching_selection_auroc_scores_wrong_labels_kept_less():
     noisy, clean = [0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 1, 2, 0, 0]  # idx 3, 4, 5 are wrong
     method = make_method("coteaching", noisy, clean=clean, forget_rate=0.3)
-    method.store.set(SELECTED, torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([2.0, 2.0, 1.0, 0.0, 1.0, 0.0]))
-    row = method.on_epoch_end(3)
+    run = make_run(method, epoch=3)
+    run.store.set(SELECTED, torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([2.0, 2.0, 1.0, 0.0, 1.0, 0.0]))
+    row = method.on_epoch_end(run).metrics
     assert row["keep_ratio"] == pytest.approx(1 - 0.3 * 0.3)
     # right labels {2, 2, 1} vs wrong {0, 1, 0}: 8 of 9 pairs ordered, 1 tie -> 8.5 / 9; idx 6 unseen
     assert row["selection_auroc"] == pytest.approx(8.5 / 9)
-    assert "selection_auroc" not in make_method("coteaching", noisy, forget_rate=0.3).on_epoch_end(0)
+    unknown = make_method("coteaching", noisy, forget_rate=0.3)
+    assert "selection_auroc" not in unknown.on_epoch_end(make_run(unknown)).metrics
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from state.reader import StateReader
-from state.store import SampleStore
+from support.methods import make_method, make_run
 from training.config import ConfigError
-from training.methods.mwnet import MWNet, WeightNet, mwnet_meta_gradient
-from training.methods.sop import SOP, sop_losses
+from training.methods.mwnet import WeightNet, mwnet_meta_gradient
+from training.methods.sop import sop_losses
 from training.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,21 +70,16 @@ def test_sop_u_stops_moving_once_its_square_reaches_one():
     assert grad[0] == 0.0
 
 
-def _sop_method(lr_u: float, lr_v: float) -> SOP:
-    method = SOP(SOP.Config(lr_u=lr_u, lr_v=lr_v), SimpleNamespace(num_classes=2, num_samples=5))
-    method.store = SampleStore(method.state_arrays(), 5)
-    return method
-
-
 def test_sop_step_updates_only_the_batch_rows_of_u_and_v_in_the_store():
-    method = _sop_method(lr_u=10.0, lr_v=3.0)
-    assert method.store["u"].tolist() == pytest.approx([1e-8] * 5)  # initial value: init_scale
+    method = make_method("sop", [0] * 5, num_classes=2, lr_u=10.0, lr_v=3.0)
+    run = make_run(method)
+    assert run.store["u"].tolist() == pytest.approx([1e-8] * 5)  # initial value: init_scale
     idx = torch.tensor([3, 1])
-    method.store.set("u", idx, U0.float())
-    method.store.set("v", idx, V0.float())
-    terms = method.loss(LOGITS.float(), LABELS, SimpleNamespace(idx=idx), epoch=0)
+    run.store.set("u", idx, U0.float())
+    run.store.set("v", idx, V0.float())
+    terms = method.loss(LOGITS.float(), LABELS, SimpleNamespace(idx=idx), run)
     assert terms["loss"].requires_grad  # the trainer backpropagates it into the network
-    u, v = method.store["u"], method.store["v"]
+    u, v = run.store["u"], run.store["v"]
     expected_u = U0 - 10.0 * GRAD_U  # SGD: u <- u - lr_u d(ce)/du
     expected_v = V0 - 3.0 * GRAD_V
     np.testing.assert_allclose(u[[3, 1]], expected_u.numpy(), rtol=1e-5)
@@ -95,11 +90,11 @@ def test_sop_step_updates_only_the_batch_rows_of_u_and_v_in_the_store():
 
 
 def test_sop_reports_how_u_squared_separates_wrong_labels():
-    method = _sop_method(lr_u=1.0, lr_v=1.0)
-    method.ctx.noisy_labels = torch.tensor([0, 1, 1, 0, 1])
-    method.ctx.clean_labels = torch.tensor([0, 1, 0, 1, -1])  # rows 2, 3 wrong; row 4 unknown
-    method.store.set("u", torch.arange(5), torch.tensor([0.1, 0.2, 0.9, 2.0, 5.0]))
-    out = method.on_epoch_end(0)
+    # rows 2, 3 wrong; row 4's clean label unknown
+    method = make_method("sop", [0, 1, 1, 0, 1], clean=[0, 1, 0, 1, -1], num_classes=2, lr_u=1.0, lr_v=1.0)
+    run = make_run(method)
+    run.store.set("u", torch.arange(5), torch.tensor([0.1, 0.2, 0.9, 2.0, 5.0]))
+    out = method.on_epoch_end(run).metrics
     assert out["sop_u2_right"] == pytest.approx((0.01 + 0.04) / 2, rel=1e-5)
     assert out["sop_u2_wrong"] == pytest.approx((0.81 + 1.0) / 2, rel=1e-5)  # u^2 capped at 1 as in the loss
     assert out["sop_u2_auroc"] == 1.0
@@ -161,12 +156,12 @@ def test_weight_net_maps_losses_to_weights_in_the_open_unit_interval():
     assert w.shape == (4,) and ((w > 0) & (w < 1)).all()
 
 
-def test_mwnet_refuses_several_processes_and_fp16():
-    method = MWNet(MWNet.Config(), SimpleNamespace())
+def test_mwnet_refuses_several_processes_and_fp16_at_its_epoch_start():
+    method = make_method("mwnet", [0, 1])
     with pytest.raises(ConfigError, match="one process only.*surrogate"):
-        method._check_setup(SimpleNamespace(num_processes=2, mixed_precision="no"))
+        method.on_epoch_start(make_run(method, accelerator=SimpleNamespace(num_processes=2, mixed_precision="no")))
     with pytest.raises(ConfigError, match="bf16"):
-        method._check_setup(SimpleNamespace(num_processes=1, mixed_precision="fp16"))
+        method.on_epoch_start(make_run(method, accelerator=SimpleNamespace(num_processes=1, mixed_precision="fp16")))
 
 
 # ------------------------------------------------------------------ end to end

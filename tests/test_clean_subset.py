@@ -25,10 +25,10 @@ class CleanProbe(Method):
     seen_noisy: list = []
     seen_clean: list = []
 
-    def loss(self, logits, labels, batch, epoch):
-        clean = self.clean.next_batch()
+    def loss(self, logits, labels, batch, run):
+        clean = run.clean.next_batch()
         CleanProbe.seen_noisy.append(batch.idx.tolist())
-        CleanProbe.seen_clean.append((clean.idx.tolist(), self.clean.labels[clean.idx].tolist()))
+        CleanProbe.seen_clean.append((clean.idx.tolist(), run.clean.labels[clean.idx].tolist()))
         return {"loss": F.cross_entropy(logits.float(), labels)}
 
 

@@ -3,7 +3,6 @@ formulas by hand, MixMatch's lambda', the co-divide exchange, and end-to-end run
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -14,13 +13,13 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
+from support import methods
 from support.launch import launch_cpu
+from support.methods import make_run
 from pipeline.batch import Batch
 from state.reader import StateReader
-from state.store import SampleStore
 from test_training import _args
-from training.methods import METHODS, dividemix
-from training.methods.base import MethodContext
+from training.methods import dividemix
 from training.methods.dividemix import (CLEAN_PROB, clean_probability, co_guess, co_refine, fit_gmm,
                                         linear_rampup, mixmatch, negative_entropy, semi_loss,
                                         uniform_prior_penalty)
@@ -30,22 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 K = 3
 
 
-class FakeAccelerator:
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-
-def make_method(labels, **params):
-    labels = torch.as_tensor(labels)
-    ctx = MethodContext(num_classes=K, num_samples=len(labels), noisy_labels=labels, clean_labels=None, epochs=5,
-                        base_lr=0.1, build_model=lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, K)),
-                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), out_dir=None, is_main_process=True)
-    method = METHODS["dividemix"](METHODS["dividemix"].Config.model_validate({"lambda_u": 25, **params}), ctx)
-    method.store = SampleStore(method.state_arrays(), len(labels))
-    return method
+def make_method(labels, lambda_u=25, **params):
+    """DivideMix on K = 3 classes, its networks linear on (3, 2, 2) images, SGD at lr 0.1."""
+    return methods.make_method("dividemix", labels, num_classes=K, epochs=5, base_lr=0.1,
+                               build_model=lambda: nn.Sequential(nn.Flatten(), nn.Linear(12, K)),
+                               lambda_u=lambda_u, **params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +128,8 @@ def test_each_network_trains_on_the_division_the_other_network_made(monkeypatch)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     method = make_method(labels, warmup_epochs=1)
     own = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.9, 0.9], [0.1, 0.1]])  # columns: model, peer
-    method.store.set(CLEAN_PROB, torch.arange(6), own)
+    run = make_run(method, epoch=1, steps=1)
+    run.store.set(CLEAN_PROB, torch.arange(6), own)
     seen = []
 
     def spy(logits, targets, labelled):
@@ -148,13 +137,11 @@ def test_each_network_trains_on_the_division_the_other_network_made(monkeypatch)
         return semi_loss(logits, targets, labelled)
 
     monkeypatch.setattr(dividemix, "semi_loss", spy)
-    models = method.build_models()
-    optimizers = method.build_optimizers(models)
+    models = run.models
     before = {n: [p.detach().clone() for p in m.parameters()] for n, m in models.items()}
     weak = torch.randn(6, 3, 2, 2)
     batch = Batch(images=weak, idx=torch.arange(6), views={"weak": weak, "weak2": weak.flip(-1)})
-    method._steps = 1
-    out = method.train_step(batch, labels, models, optimizers, FakeAccelerator(), 1)
+    out = method.train_step(batch, labels, run)
     model_labelled = own[:, 1] > 0.5  # the peer's mixture divides for the model ...
     peer_labelled = own[:, 0] > 0.5  # ... and the model's for the peer
     assert not torch.equal(model_labelled, peer_labelled)

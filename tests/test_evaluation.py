@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from training.evaluation import PAD, TrainTally, gather_by_idx, soft_label_diagnostics
+from training.evaluation import PAD, TrainTally, gather_by_idx
+from training.methods.common.diagnostics import soft_label_diagnostics
 
 
 def test_gather_by_idx_drops_padding_and_duplicates():

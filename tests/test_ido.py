@@ -1,8 +1,7 @@
-"""Tests of IDO (training/methods/ido.py) and its Beta mixture (training/methods/beta_mixture.py)."""
+"""Tests of IDO (training/methods/ido.py) and its Beta mixture (training/methods/common/beta_mixture.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import subprocess
@@ -17,43 +16,29 @@ from scipy.special import betainc
 from torch import nn
 
 from support.launch import launch_cpu, worker_env
+from support.methods import make_method, make_run
 
 from pipeline.batch import Batch
-from state.store import SampleStore
-from training.methods import METHODS
-from training.methods.base import MethodContext
-from training.methods.beta_mixture import EDGE, BetaMixture, normalise_counts, scale_counts
-from training.methods.ido import COUNTS_PLOT_DIR, CUR_PRED, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes
+from training.methods.base import Run
+from training.methods.common.beta_mixture import EDGE, BetaMixture, normalise_counts, scale_counts
+from training.methods.ido import (
+    COUNTS_PLOT_DIR, CUR_PRED, MIXTURE_FILE, PREV_PRED, WRONG_EVENT, IDO, LabelWave, ido_loss, prediction_changes,
+)
+from training.plots import save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class FakeAccelerator:
-    """The Accelerator calls IDO makes, for one CPU process (no global Accelerate state)."""
-
-    num_processes = 1
-
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def unwrap_model(self, model):
-        return model
-
-
-def make_method(tmp_path, *, n=12, k=3, epochs=3, clean=None, labels=None, **params) -> IDO:
+def make_ido(*, n=12, k=3, epochs=3, clean=None, labels=None, **params) -> IDO:
     g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, k, (n,), generator=g) if labels is None else torch.as_tensor(labels)
-    ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=labels,
-                        clean_labels=None if clean is None else torch.as_tensor(clean), epochs=epochs,
-                        base_lr=1e-3,
-                        build_model=lambda: nn.Linear(1, k), build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                        out_dir=tmp_path / "method", is_main_process=True)
-    method = METHODS["ido"](IDO.Config.model_validate(params), ctx)
-    method.store = SampleStore(method.state_arrays(), n)
-    return method
+    labels = torch.randint(0, k, (n,), generator=g) if labels is None else labels
+    return make_method("ido", labels, num_classes=k, clean=clean, epochs=epochs, base_lr=1e-3, **params)
+
+
+def ido_run(method: IDO, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, epoch: int = 0) -> Run:
+    """A Run of `model` (SGD lr 0.1 unless `optimizer`) with the method's own store."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
+    return make_run(method, models={"model": model}, optimizers={"model": optimizer}, epoch=epoch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,11 +192,11 @@ def test_label_wave_turns_at_the_first_non_decrease():
     assert wave.base_epoch == 2
 
 
-def test_label_wave_picks_the_right_epoch_and_keeps_a_real_copy(tmp_path):
+def test_label_wave_picks_the_right_epoch_and_keeps_a_real_copy():
     n = 10
-    method = make_method(tmp_path, n=n, epochs=8, stage1_epochs=6)
+    method = make_ido(n=n, epochs=8, stage1_epochs=6)
     model = nn.Linear(1, 1)
-    method.bind(model, FakeAccelerator())
+    run = ido_run(method, model)
     # predictions per epoch; PC from epoch 1: 6, 4, 2, 3 (stops decreasing at epoch 4 -> base = epoch 3), 0
     preds = [np.zeros(n, dtype=np.int32)]
     for changes in (6, 4, 2, 3, 0):
@@ -223,9 +208,10 @@ def test_label_wave_picks_the_right_epoch_and_keeps_a_real_copy(tmp_path):
     for epoch, pred in enumerate(preds):
         with torch.no_grad():
             model.weight.fill_(float(epoch))  # the weights "at the end of epoch" carry its number
-        method.store.set(CUR_PRED, idx, torch.from_numpy(pred))
-        row = method.on_epoch_end(epoch)
-        np.testing.assert_array_equal(method.store[PREV_PRED], pred)  # prev := cur for the next epoch
+        run.store.set(CUR_PRED, idx, torch.from_numpy(pred))
+        run.epoch = epoch
+        row = method.on_epoch_end(run).metrics
+        np.testing.assert_array_equal(run.store[PREV_PRED], pred)  # prev := cur for the next epoch
         pcs.append(row.get("prediction_changes"))
         bases.append(row.get("base_epoch"))
     assert pcs == [None, 6, 4, 2, 3, 0]
@@ -237,43 +223,57 @@ def test_label_wave_picks_the_right_epoch_and_keeps_a_real_copy(tmp_path):
     assert method.mixture is not None  # the first fit ran at the end of stage 1 (epoch index 5)
 
 
-def test_stage2_starts_from_the_base_weights_with_a_fresh_optimiser(tmp_path):
-    method = make_method(tmp_path, n=4, k=2, epochs=3, stage1_epochs=1)
+def test_stage2_starts_from_the_base_weights_with_a_fresh_optimiser():
+    method = make_ido(n=4, k=2, epochs=3, stage1_epochs=1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
     model(torch.ones(1, 3, 1, 1)).sum().backward()
     optimizer.step()  # leaves momentum buffers
     assert optimizer.state
     method.base_weights = {k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()}
-    method.bind(model, FakeAccelerator())
-    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
-    method.on_epoch_end(0)  # first fit
+    run = ido_run(method, model, optimizer)
+    run.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(run)  # first fit
     images = torch.rand(4, 3, 1, 1)
     batch = Batch(images=images, idx=torch.arange(4), views={"weak": images, "strong": images + 1})
     state_sizes = []
     real_step = optimizer.step
     optimizer.step = lambda: (state_sizes.append(len(optimizer.state)), real_step())
-    method.train_step(batch, method.ctx.noisy_labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), 1)
+    run.epoch = 1
+    method.on_epoch_start(run)
+    method.train_step(batch, method.ctx.noisy_labels, run)
     assert all(torch.all(v == 0.25) for v in model.state_dict().values())  # lr 0: still the base weights
     assert state_sizes == [0]  # the momentum buffers were cleared before the first stage-2 step
     assert method.stage2_started
 
 
-def test_stage2_without_views_names_the_trainer_fix(tmp_path):
-    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
-    method.bind(model, FakeAccelerator())
-    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
-    method.on_epoch_end(0)
+def test_stage2_begins_at_the_first_epoch_start_after_a_resume_past_stage1():
+    """A resume with stage1_epochs lowered below the epochs done: stage 2 begins at the next epoch's
+    start, fitting the mixture it never got, and the epoch's report carries that fit and the refit."""
+    method = make_ido(n=4, k=2, epochs=4, stage1_epochs=1)
+    run = ido_run(method, nn.Sequential(nn.Flatten(), nn.Linear(3, 2)), epoch=2)
+    run.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_start(run)
+    assert method.stage2_started and [r["epoch"] for r in method.mixture_history] == [1]
+    report = method.on_epoch_end(run)
+    assert [json.loads(line)["epoch"] for line in report.texts[MIXTURE_FILE].splitlines()] == [1, 3]
+
+
+def test_stage2_without_views_names_the_trainer_fix():
+    method = make_ido(n=4, k=2, epochs=2, stage1_epochs=1)
+    run = ido_run(method, nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
+    run.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(run)
+    run.epoch = 1
+    method.on_epoch_start(run)
     batch = Batch(images=torch.rand(4, 3, 1, 1), idx=torch.arange(4))
     with pytest.raises(RuntimeError, match="views=method.needs.views"):
-        method.train_step(batch, method.ctx.noisy_labels, {"model": model},
-                          {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, FakeAccelerator(), 1)
+        method.train_step(batch, method.ctx.noisy_labels, run)
 
 
-def test_config_rejects_a_run_without_stage_2(tmp_path):
+def test_config_rejects_a_run_without_stage_2():
     with pytest.raises(ValueError, match="stage1_epochs"):
-        make_method(tmp_path, epochs=3, stage1_epochs=3)
+        make_ido(epochs=3, stage1_epochs=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,14 +283,17 @@ def test_config_rejects_a_run_without_stage_2(tmp_path):
 def test_wrong_event_counts_equal_an_independent_count(tmp_path):
     n, k, batch_size = 12, 3, 4
     clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(5))
-    method = make_method(tmp_path, n=n, k=k, epochs=4, clean=clean, stage1_epochs=2)
+    method = make_ido(n=n, k=k, epochs=4, clean=clean, stage1_epochs=2)
     labels_all = method.ctx.noisy_labels
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, k))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    run = ido_run(method, model, torch.optim.SGD(model.parameters(), lr=0.5))
     g = torch.Generator().manual_seed(1)
     expected = np.zeros(n, dtype=np.int64)
+    figures = {}
     for epoch in range(4):
+        run.epoch = epoch
+        method.on_epoch_start(run)
         order = torch.randperm(n, generator=g)
         for lo in range(0, n, batch_size):
             idx = order[lo:lo + batch_size]
@@ -302,19 +305,23 @@ def test_wrong_event_counts_equal_an_independent_count(tmp_path):
                     wrong += (model(strong).argmax(1) != labels).long()
             expected[idx.numpy()] += wrong.numpy()
             batch = Batch(images=weak, idx=idx, views={"weak": weak, "strong": strong})
-            out = method.train_step(batch, labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), epoch)
+            out = method.train_step(batch, labels, run)
             assert out.logits.shape == (len(idx), k) and torch.isfinite(out.terms["loss"])
-        row = method.on_epoch_end(epoch)
-    np.testing.assert_array_equal(method.store[WRONG_EVENT], expected)
-    assert method.store[WRONG_EVENT].dtype == np.int32
+        report = method.on_epoch_end(run)
+        assert (MIXTURE_FILE in report.texts) == (epoch >= 1)  # a fit from the end of stage 1 on
+        figures.update(report.figures)
+    row = report.metrics
+    np.testing.assert_array_equal(run.store[WRONG_EVENT], expected)
+    assert run.store[WRONG_EVENT].dtype == np.int32
     assert expected.max() > 0 and "we_auroc" in row and "p_auroc" in row and 0 <= row["we_auroc"] <= 1
-    lines = (tmp_path / "method" / "ido_mixture.jsonl").read_text().splitlines()
+    lines = report.texts[MIXTURE_FILE].splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [2, 3, 4]  # first fit after stage 1, then refits
     first = json.loads(lines[0])
     assert first["iterations"] == 20 and np.asarray(first["params"]).shape == (k, 2, 3)
-    plots = sorted(p.name for p in (tmp_path / "method" / COUNTS_PLOT_DIR).iterdir())
-    assert plots == [f"epoch-{e:04d}.png" for e in range(1, 5)]
-    with Image.open(tmp_path / "method" / COUNTS_PLOT_DIR / plots[-1]) as image:
+    assert sorted(figures) == [f"{COUNTS_PLOT_DIR}/epoch-{e:04d}.png" for e in range(1, 5)]
+    last = tmp_path / "last.png"
+    save_figure(figures[f"{COUNTS_PLOT_DIR}/epoch-0004.png"], last)
+    with Image.open(last) as image:
         assert image.format == "PNG" and image.width > 200
 
 
@@ -336,13 +343,13 @@ def test_two_processes_give_the_counts_of_one_process(tmp_path):
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-def test_state_dict_round_trip_restores_the_mixture_and_base(tmp_path):
-    method = make_method(tmp_path, n=6, k=2, epochs=3, stage1_epochs=1)
-    method.bind(nn.Linear(1, 2), FakeAccelerator())
-    method.store.set(CUR_PRED, torch.arange(6), torch.zeros(6, dtype=torch.int32))
-    method.on_epoch_end(0)
+def test_state_dict_round_trip_restores_the_mixture_and_base():
+    method = make_ido(n=6, k=2, epochs=3, stage1_epochs=1)
+    run = ido_run(method, nn.Linear(1, 2))
+    run.store.set(CUR_PRED, torch.arange(6), torch.zeros(6, dtype=torch.int32))
+    method.on_epoch_end(run)
     method.base_weights = {"w": torch.ones(2)}
-    other = make_method(tmp_path, n=6, k=2, epochs=3, stage1_epochs=1)
+    other = make_ido(n=6, k=2, epochs=3, stage1_epochs=1)
     other.load_state_dict(method.state_dict())
     np.testing.assert_array_equal(other.mixture.a, method.mixture.a)
     assert torch.equal(other.base_weights["w"], torch.ones(2)) and other.mixture_history == method.mixture_history
@@ -378,27 +385,26 @@ def test_ido_run_end_to_end(tiny_dataset, tmp_path):
     _check_run(tmp_path)
 
 
-def _stage2_loss(tmp_path, view_forward: str) -> float:
-    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1, view_forward=view_forward)
+def _stage2_loss(view_forward: str) -> float:
+    method = make_ido(n=4, k=2, epochs=2, stage1_epochs=1, view_forward=view_forward)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))  # no BatchNorm: both ways give the same logits
-    method.bind(model, FakeAccelerator())
-    method.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
-    method.on_epoch_end(0)
+    run = ido_run(method, nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))  # no BatchNorm: both ways give the same logits
+    run.store.set(CUR_PRED, torch.arange(4), torch.zeros(4, dtype=torch.int32))
+    method.on_epoch_end(run)
+    run.epoch = 1
+    method.on_epoch_start(run)
     g = torch.Generator().manual_seed(1)
     weak, strong = torch.rand(4, 3, 1, 1, generator=g), torch.rand(4, 3, 1, 1, generator=g)
     batch = Batch(images=weak, idx=torch.arange(4), views={"weak": weak, "strong": strong})
-    out = method.train_step(batch, method.ctx.noisy_labels, {"model": model},
-                            {"model": torch.optim.SGD(model.parameters(), lr=0.1)}, FakeAccelerator(), 1)
-    return out.terms["loss"].item()
+    return method.train_step(batch, method.ctx.noisy_labels, run).terms["loss"].item()
 
 
-def test_view_forward_concat_and_separate_agree_without_batchnorm(tmp_path):
-    assert _stage2_loss(tmp_path, "concat") == pytest.approx(_stage2_loss(tmp_path, "separate"), rel=1e-6)
+def test_view_forward_concat_and_separate_agree_without_batchnorm():
+    assert _stage2_loss("concat") == pytest.approx(_stage2_loss("separate"), rel=1e-6)
 
 
-def test_stage2_cosine_lr_decays_per_epoch_to_the_minimum(tmp_path):
-    method = make_method(tmp_path, epochs=6, stage1_epochs=2, stage2_schedule="cosine", stage2_min_lr=1e-4)
+def test_stage2_cosine_lr_decays_per_epoch_to_the_minimum():
+    method = make_ido(epochs=6, stage1_epochs=2, stage2_schedule="cosine", stage2_min_lr=1e-4)
     base = method.ctx.base_lr
     assert method.lr_factor(1.5, 0.7) == 0.7  # stage 1 follows the configured schedule
     lrs = [base * method.lr_factor(epoch + 0.5, 1.0) for epoch in range(2, 6)]
@@ -419,45 +425,46 @@ class Probe(nn.Module):
         return self.fc(self.body(x))
 
 
-def test_stage2_weights_come_from_the_live_counts_after_adding_the_batch(tmp_path):
+def test_stage2_weights_come_from_the_live_counts_after_adding_the_batch():
     """Between refits p and eps follow the counts: the batch's wrong events are added first, and a
     sample pushed above its class's max of the last fit loses its CE weight in the same step."""
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    method = make_method(tmp_path, n=8, k=2, epochs=3, labels=labels, stage1_epochs=1)
-    idx = torch.arange(8)
-    method.store.add(WRONG_EVENT, idx, torch.tensor([0, 1, 2, 6, 0, 1, 2, 6], dtype=torch.int32))
-    method.store.set(CUR_PRED, idx, torch.zeros(8, dtype=torch.int32))
+    method = make_ido(n=8, k=2, epochs=3, labels=labels, stage1_epochs=1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
     with torch.no_grad():  # always predicts class 0: the label-1 samples are wrong in both views
         model[1].weight.zero_()
         model[1].bias.copy_(torch.tensor([5.0, 0.0]))
-    method.bind(model, FakeAccelerator())
-    method.on_epoch_end(0)  # first fit, ranges per class = [0, 6]
+    run = ido_run(method, model, torch.optim.SGD(model.parameters(), lr=0.0))
+    store, idx = run.store, torch.arange(8)
+    store.add(WRONG_EVENT, idx, torch.tensor([0, 1, 2, 6, 0, 1, 2, 6], dtype=torch.int32))
+    store.set(CUR_PRED, idx, torch.zeros(8, dtype=torch.int32))
+    method.on_epoch_end(run)  # first fit, ranges per class = [0, 6]
     fitted_p = method._p.clone()
+    run.epoch = 1
+    method.on_epoch_start(run)
     batch_idx = torch.tensor([3, 7])  # both at their class max; 7 gets +2, 3 is right (+0)
     images = torch.rand(2, 3, 1, 1)
     batch = Batch(images=images, idx=batch_idx, views={"weak": images, "strong": images})
     seen = {}
     real = method.live_posteriors
-    method.live_posteriors = lambda i: seen.setdefault("pe", real(i))
-    method.train_step(batch, labels[batch_idx], {"model": model}, {"model": torch.optim.SGD(model.parameters(), lr=0.0)},
-                      FakeAccelerator(), 1)
+    method.live_posteriors = lambda s, i: seen.setdefault("pe", real(s, i))
+    method.train_step(batch, labels[batch_idx], run)
     p, eps = seen["pe"]
-    np.testing.assert_array_equal(method.store[WRONG_EVENT][[3, 7]], [6, 8])
+    np.testing.assert_array_equal(store[WRONG_EVENT][[3, 7]], [6, 8])
     assert p[1].item() == 0.0 and eps[1].item() == 0.0 and fitted_p[7].item() > 0  # above the max: no CE weight
     assert p[0].item() == pytest.approx(fitted_p[3].item(), rel=1e-6)  # unchanged count, unchanged p
-    method.store.add(WRONG_EVENT, torch.tensor([1]), torch.tensor([4], dtype=torch.int32))  # 1 -> 5 of 6, no refit
-    assert real(torch.tensor([1]))[0].item() < fitted_p[1].item() - 0.05
+    store.add(WRONG_EVENT, torch.tensor([1]), torch.tensor([4], dtype=torch.int32))  # 1 -> 5 of 6, no refit
+    assert real(store, torch.tensor([1]))[0].item() < fitted_p[1].item() - 0.05
 
 
-def test_frozen_stage1_updates_only_the_head(tmp_path):
-    method = make_method(tmp_path, n=4, k=2, epochs=2, stage1_epochs=1, stage1_frozen=True)
+def test_frozen_stage1_updates_only_the_head():
+    method = make_ido(n=4, k=2, epochs=2, stage1_epochs=1, stage1_frozen=True)
     torch.manual_seed(0)
     model = Probe(2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    run = ido_run(method, model, torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1))
     batch = Batch(images=torch.rand(4, 3, 1, 1), idx=torch.arange(4))
-    method.train_step(batch, method.ctx.noisy_labels, {"model": model}, {"model": optimizer}, FakeAccelerator(), 0)
+    method.train_step(batch, method.ctx.noisy_labels, run)
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before if k.startswith("body."))
     assert not torch.equal(after["fc.weight"], before["fc.weight"])

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from training.methods.lookahead import forward_with, lookahead
+from training.methods.common.lookahead import forward_with, lookahead
 
 
 def _net():

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch import nn
 from PIL import Image
 from torch.func import functional_call
@@ -20,14 +19,16 @@ from torch.func import functional_call
 from pipeline.batch import Batch
 from training.methods import METHODS, build_method
 from training.methods.base import MethodContext
-from training.methods.ebomlc import EBOMLCConfig
-from training.methods.meta_label import (META, InnerSGD, MetaLabelNet, barrier_direction, dynamic_barrier, lower_loss,
-                                         mixture_ce, mixture_nll, soft_cross_entropy)
+from training.methods.common.meta_label import (META, InnerSGD, MetaLabelNet, dynamic_barrier, lower_loss,
+                                                soft_cross_entropy)
+from training.methods.ebomlc import EBOMLCConfig, ebomlc_direction, mixture_ce, mixture_nll
 from training.methods.mlc import mlc_gradients
-from training.methods.mlc_d import MLCDConfig
+from training.methods.mlc_d import MLCDConfig, mlc_d_direction
 from training.models.tiny_cnn import TinyCNN
-from support.launch import launch_cpu
+from training.plots import save_figure
 from training.run import main
+from support.launch import launch_cpu
+from support.methods import make_method, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK = "clean-subset-20-s0"
@@ -122,7 +123,7 @@ def test_inner_sgd_is_the_main_optimiser_next_step_and_leaves_its_state_alone(ne
     assert (plain.lr, plain.weight_decay, plain.momentum) == (0.01, 0.1, 0.0)  # plain SGD at Adam's lr and wd
 
 
-def test_meta_model_starts_from_the_official_initialisation(tmp_path):
+def test_meta_model_starts_from_the_official_initialisation():
     torch.manual_seed(0)
     meta = MetaLabelNet(C, 64, 128, 128)
     bound = math.sqrt(6 / (C + 128))  # xavier-uniform on the (C, 128) embedding
@@ -131,8 +132,8 @@ def test_meta_model_starts_from_the_official_initialisation(tmp_path):
         assert torch.count_nonzero(layer.bias) == 0
         expected_std = math.sqrt(2 / (layer.in_features + layer.out_features))  # xavier-normal
         assert layer.weight.std().item() == pytest.approx(expected_std, rel=0.15)
-    optimizers = _method("ebomlc", tmp_path)[2]
-    assert optimizers[META].param_groups[0]["amsgrad"] is True
+    run = _method("ebomlc")[1]
+    assert run.optimizers[META].param_groups[0]["amsgrad"] is True
 
 
 # ------------------------------------------------------------------ directions
@@ -158,16 +159,16 @@ def test_ebomlc_with_rho_one_reduces_to_one_step_mlc_d_direction():
     cfg_e = EBOMLCConfig(rho=1.0, xi=1.0, delta=50.0)  # large delta: beta > 0
     cfg_d = MLCDConfig(inner_steps=1, delta=50.0)
     model, meta = _models()
-    e = barrier_direction(model, meta, x, y, xc, yc, inner=inner, config=cfg_e, rho=1.0, xi=1.0)
+    e = ebomlc_direction(model, meta, x, y, xc, yc, inner=inner, config=cfg_e)
     model, meta = _models()
-    d = barrier_direction(model, meta, x, y, xc, yc, inner=inner, config=cfg_d, rho=None, xi=1.0)
+    d = mlc_d_direction(model, meta, x, y, xc, yc, inner=inner, config=cfg_d)
     assert d.beta > 0  # the barrier is active, so the comparison covers grad Q too
     torch.testing.assert_close(e.beta, d.beta)
     torch.testing.assert_close(e.w, d.w)
     torch.testing.assert_close(e.a, d.a)
     # with the paper's rho the clean batch also moves the meta model
     model, meta = _models()
-    mixed = barrier_direction(model, meta, x, y, xc, yc, inner=inner, config=EBOMLCConfig(), rho=0.2, xi=0.5)
+    mixed = ebomlc_direction(model, meta, x, y, xc, yc, inner=inner, config=EBOMLCConfig())
     assert not torch.allclose(mixed.a, d.a)
 
 
@@ -179,15 +180,14 @@ def test_barrier_maths_stay_float32_under_reduced_precision_autocast(dtype, w1_g
     The full grad_w Q is a difference of two nearby gradients, so it keeps less of their relative
     precision (measured cosine 0.976 in bf16, 0.979 in fp16, against 0.998 for bome)."""
     x, y, xc, yc = _batches()
-    kwargs = dict(inner=InnerSGD(lr=0.1, weight_decay=5e-4), config=EBOMLCConfig(delta=50.0, w1_grad=w1_grad),
-                  rho=0.2, xi=0.5)
+    kwargs = dict(inner=InnerSGD(lr=0.1, weight_decay=5e-4), config=EBOMLCConfig(delta=50.0, w1_grad=w1_grad))
     model, meta = _models()
-    exact = barrier_direction(model, meta, x, y, xc, yc, **kwargs)
+    exact = ebomlc_direction(model, meta, x, y, xc, yc, **kwargs)
     model, meta = _models()
     seen = []
     model.fc.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    mixed = barrier_direction(model, meta, x, y, xc, yc, autocast=lambda: torch.autocast("cpu", dtype=dtype),
-                              **kwargs)
+    mixed = ebomlc_direction(model, meta, x, y, xc, yc, autocast=lambda: torch.autocast("cpu", dtype=dtype),
+                             **kwargs)
     assert dtype in seen  # the forwards really ran in reduced precision
     for name in ("w", "a", "beta", "upper", "lower", "q"):
         assert getattr(mixed, name).dtype == torch.float32, name
@@ -229,8 +229,8 @@ def test_ebomlc_direction_matches_the_formulas_by_hand(w1_grad, upper_mix, with_
     model, meta, (x, y), (xc, yc), mix = _tiny_problem()
     lr, wd, rho, xi, delta = 0.3, 0.01, 0.2, 0.5, 5.0
     cfg = EBOMLCConfig(w1_grad=w1_grad, upper_mix=upper_mix, delta=delta, barrier_eps=0.0)
-    got = barrier_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr, weight_decay=wd), config=cfg, rho=rho,
-                            xi=xi, upper_mix=upper_mix, mix=mix if with_mix else None)
+    got = ebomlc_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr, weight_decay=wd), config=cfg,
+                           mix=mix if with_mix else None)
     names, w = zip(*model.named_parameters())
     a = list(meta.parameters())
 
@@ -278,8 +278,8 @@ def test_ebomlc_direction_matches_the_formulas_by_hand(w1_grad, upper_mix, with_
 def test_mlc_d_takes_k_inner_steps_and_subtracts_the_gradient_at_w_k():
     model, meta, (x, y), (xc, yc), _ = _tiny_problem(seed=1)
     lr, k = 0.3, 3
-    got = barrier_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr),
-                            config=MLCDConfig(inner_steps=k, delta=50.0), rho=None, xi=1.0)
+    got = mlc_d_direction(model, meta, x, y, xc, yc, inner=InnerSGD(lr=lr),
+                          config=MLCDConfig(inner_steps=k, delta=50.0))
     names, w = zip(*model.named_parameters())
     target = meta(model.features(x).detach(), y).softmax(1).detach()
 
@@ -358,32 +358,30 @@ class _StubClean:
         return Batch(images=self.images, idx=torch.arange(len(self.images)))
 
 
-def _method(name, out_dir, **params):
-    ctx = MethodContext(num_classes=C, num_samples=16, noisy_labels=torch.zeros(16, dtype=torch.long),
-                        clean_labels=None, epochs=1, base_lr=0.1, build_model=lambda: TinyCNN(C, width=8),
-                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
-                        out_dir=out_dir, is_main_process=True)
-    method = build_method(name, params, ctx)
-    torch.manual_seed(0)
-    models = method.build_models()
-    optimizers = method.build_optimizers(models)
+def _method(name, **params):
+    """(method on TinyCNN with SGD, its Run with the clean batch of _batches, the noisy batch, its labels)."""
+    method = make_method(name, torch.zeros(16, dtype=torch.long), num_classes=C, epochs=1, base_lr=0.1,
+                         build_model=lambda: TinyCNN(C, width=8),
+                         build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
+                         **params)
     x, y, xc, yc = _batches()
-    method.clean = _StubClean(xc, torch.cat([yc, y]))
-    return method, models, optimizers, Batch(images=x, idx=torch.arange(8, 16)), y
+    torch.manual_seed(0)
+    run = make_run(method, clean=_StubClean(xc, torch.cat([yc, y])))
+    return method, run, Batch(images=x, idx=torch.arange(8, 16)), y
 
 
 @pytest.mark.parametrize("main_lower_step", [True, False])
-def test_ebomlc_step_moves_the_main_model_from_w1_or_from_w(main_lower_step, tmp_path):
+def test_ebomlc_step_moves_the_main_model_from_w1_or_from_w(main_lower_step):
     """Default: the main model keeps the SGD step to w1 = w - lr (grad_w G + wd w) and takes the
     barrier step from there; false (Algorithm 2 literally): the barrier step from w."""
-    method, models, optimizers, batch, labels = _method("ebomlc", tmp_path, main_lower_step=main_lower_step)
-    model = models["model"]
+    method, run, batch, labels = _method("ebomlc", main_lower_step=main_lower_step)
+    model = run.models["model"]
     x, _, xc, yc = _batches()
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
-    reference, ref_meta = copy.deepcopy(model), copy.deepcopy(models[META])  # for the direction and w1
-    d = barrier_direction(reference, ref_meta, x, labels, xc, yc, inner=InnerSGD(lr=0.1, weight_decay=5e-4),
-                          config=method.config, rho=0.2, xi=0.5)
-    method.train_step(batch, labels, models, optimizers, Accelerator(cpu=True), epoch=0)
+    reference, ref_meta = copy.deepcopy(model), copy.deepcopy(run.models[META])  # for the direction and w1
+    d = ebomlc_direction(reference, ref_meta, x, labels, xc, yc, inner=InnerSGD(lr=0.1, weight_decay=5e-4),
+                         config=method.config)
+    method.train_step(batch, labels, run)
     # w1 by hand
     feats = reference.features(x)
     target = ref_meta(feats.detach(), labels).softmax(1).detach()
@@ -420,29 +418,32 @@ def _count_main_passes(model: nn.Module) -> dict[str, int]:
     ("mlc", {"clean_in_lower": False}, 2, 2),
 ])
 def test_train_step_counts_main_model_passes(name, params, forwards, backwards, tmp_path):
-    method, models, optimizers, batch, labels = _method(name, tmp_path, **params)
+    method, run, batch, labels = _method(name, **params)
+    models = run.models
     counts = _count_main_passes(models["model"])
     before = [p.detach().clone() for p in models["model"].parameters()]
     meta_before = [p.detach().clone() for p in models[META].parameters()]
-    out = method.train_step(batch, labels, models, optimizers, Accelerator(cpu=True), epoch=0)
+    out = method.train_step(batch, labels, run)
     assert counts == {"forward": forwards, "backward": backwards}
     assert out.logits.shape == (8, C) and torch.isfinite(out.terms["loss"])
     assert any(not torch.equal(a, p) for a, p in zip(before, models["model"].parameters()))
     assert any(not torch.equal(a, p) for a, p in zip(meta_before, models[META].parameters()))
     assert all(p.grad is None for m in models.values() for p in m.parameters())  # gradients cleared
-    row = method.on_epoch_end(0)
+    report = method.on_epoch_end(run)
+    row = report.metrics
     assert 0.0 <= row["meta_label_acc"] <= 1.0 and row["upper_loss"] > 0 and row["lower_loss"] > 0
     assert ("beta_mean" in row) == (name != "mlc")
-    heat = np.load(tmp_path / "corrected_vs_true.npy")
+    heat = report.arrays["corrected_vs_true.npy"]
     assert heat.shape == (C, C) and heat.sum() == 8
+    save_figure(report.figures["corrected_vs_true.png"], tmp_path / "corrected_vs_true.png")  # as the trainer does
     with Image.open(tmp_path / "corrected_vs_true.png") as image:
         assert image.format == "PNG" and image.width > 200
 
 
-def test_meta_label_methods_reject_bad_params(tmp_path):
+def test_meta_label_methods_reject_bad_params():
     ctx = MethodContext(num_classes=C, num_samples=4, noisy_labels=torch.zeros(4, dtype=torch.long), clean_labels=None,
-                        epochs=1, base_lr=0.1, build_model=lambda: TinyCNN(C), build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
-                        out_dir=tmp_path, is_main_process=True)
+                        epochs=1, base_lr=0.1, build_model=lambda: TinyCNN(C),
+                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     with pytest.raises(ValueError, match="method.params.rho"):
         build_method("ebomlc", {"rho": 0.0}, ctx)
     with pytest.raises(ValueError, match="method.params.w1_grad"):
@@ -455,11 +456,11 @@ def test_meta_label_methods_reject_bad_params(tmp_path):
         build_method("mlc", {"xi": 0.5}, ctx)  # MLC has no barrier
 
 
-def test_clean_in_lower_with_one_clean_image_names_the_fix(tmp_path):
-    method, models, optimizers, batch, labels = _method("mlc", tmp_path)
-    method.clean = _StubClean(torch.randn(1, 3, 16, 16), torch.zeros(16, dtype=torch.long))
+def test_clean_in_lower_with_one_clean_image_names_the_fix():
+    method, run, batch, labels = _method("mlc")
+    run.clean = _StubClean(torch.randn(1, 3, 16, 16), torch.zeros(16, dtype=torch.long))
     with pytest.raises(ValueError, match="data.clean_batch_size"):
-        method.train_step(batch, labels, models, optimizers, Accelerator(cpu=True), epoch=0)
+        method.train_step(batch, labels, run)
 
 
 # ------------------------------------------------------------------ end to end

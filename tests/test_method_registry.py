@@ -14,7 +14,7 @@ import torch
 from pipeline.dataset import Dataset
 from test_training import _args
 from training.methods import METHODS
-from training.methods.base import DataNeeds, EpochRun
+from training.methods.base import DataNeeds, Run
 from training.methods.ce import CE
 from training.run import main
 
@@ -47,12 +47,12 @@ class Probe(CE):
     needs = DataNeeds(train_eval=True)
     seen: list[dict] = []
 
-    def on_epoch_start(self, epoch: int, run: EpochRun) -> None:
+    def on_epoch_start(self, run: Run) -> None:
         def fn(models, batch):  # (B, 2): the sample's idx, and whether the model was in train mode
             return torch.stack([batch.idx.float(), torch.full_like(batch.idx, models["model"].training).float()], 1)
 
         idx, values = run.eval_train(fn)
-        Probe.seen.append({"epoch": epoch, "steps": run.steps, "models": sorted(run.models), "idx": idx,
+        Probe.seen.append({"epoch": run.epoch, "steps": run.steps, "models": sorted(run.models), "idx": idx,
                            "values": values, "train_mode_after": run.models["model"].training})
 
     def predict(self, models, images):

@@ -15,7 +15,7 @@ from support.launch import launch_cpu
 from training.config import ConfigError
 from training.evaluation import auroc
 from training.methods.l2rw import L2RW
-from training.methods.reweighting import (
+from training.methods.common.reweighting import (
     alpha0_at, class_balanced_mean, class_mean_kernel, class_scores, clean_centres, l2rw_meta_gradient,
     l2rw_weights, label_signed, row_shift, surrogate_scores, surrogate_weights, weight_diagnostics,
 )
@@ -165,12 +165,12 @@ def test_l2rw_weights_clip_normalise_and_skip():
     assert l2rw_weights(torch.tensor([-1.0, 0.0, -2.0])) is None
 
 
-def test_l2rw_refuses_several_processes():
+def test_l2rw_refuses_several_processes_and_fp16_at_its_epoch_start():
     method = L2RW(L2RW.Config(), SimpleNamespace())
     with pytest.raises(ConfigError, match="one process only.*surrogate"):
-        method._check_setup(SimpleNamespace(num_processes=2, mixed_precision="no"))
+        method.on_epoch_start(SimpleNamespace(accelerator=SimpleNamespace(num_processes=2, mixed_precision="no")))
     with pytest.raises(ConfigError, match="bf16"):
-        method._check_setup(SimpleNamespace(num_processes=1, mixed_precision="fp16"))
+        method.on_epoch_start(SimpleNamespace(accelerator=SimpleNamespace(num_processes=1, mixed_precision="fp16")))
 
 
 # ------------------------------------------------------------------ diagnostics

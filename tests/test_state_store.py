@@ -352,25 +352,21 @@ def test_device_and_host_stores_agree_bit_for_bit_through_updates_and_snapshots(
 
 
 def test_alr_steps_give_the_same_soft_targets_and_losses_on_both_placements():
-    from training.methods import METHODS
-    from training.methods.base import MethodContext
+    from support.methods import make_method, make_run, make_store
 
     n, k = 40, 5
     labels = torch.arange(n) % k
     results = {}
     for placement in DEVICES:
-        ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=labels, clean_labels=None, epochs=3,
-                            base_lr=0.1, build_model=None, build_optimizer=None, out_dir=None, is_main_process=True)
-        method = METHODS["alr"](METHODS["alr"].Config(warmup_epochs=0), ctx)
-        method.store = SampleStore(method.state_arrays(), n, labels=labels, num_classes=k,
-                                   device=DEVICES[placement])
+        method = make_method("alr", labels, num_classes=k, warmup_epochs=0)
+        run = make_run(method, store=make_store(method, device=DEVICES[placement]), epoch=1)
         gen = torch.Generator().manual_seed(0)
         losses = []
         for _ in range(4):
             idx = torch.randperm(n, generator=gen)[:16]
             logits = torch.randn(16, k, generator=gen)
             batch = type("Batch", (), {"idx": idx})()
-            losses.append(method.loss(logits, labels[idx], batch, epoch=1)["loss"])
-        results[placement] = (torch.stack(losses), method.store["soft_target"])
+            losses.append(method.loss(logits, labels[idx], batch, run)["loss"])
+        results[placement] = (torch.stack(losses), run.store["soft_target"])
     torch.testing.assert_close(results["device"][0], results["host"][0], rtol=0, atol=0)
     np.testing.assert_array_equal(results["device"][1], results["host"][1])

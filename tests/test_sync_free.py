@@ -75,9 +75,9 @@ def test_nan_loss_raises_on_the_next_log_step_naming_the_steps(tiny_dataset, tmp
     real = trainer.method.loss
     seen = []
 
-    def nan_on_step_6(logits, labels, batch, epoch):
+    def nan_on_step_6(logits, labels, batch, run):
         seen.append(1)
-        terms = real(logits, labels, batch, epoch)
+        terms = real(logits, labels, batch, run)
         return {**terms, "loss": terms["loss"] * math.nan} if len(seen) == 6 else terms
 
     monkeypatch.setattr(trainer.method, "loss", nan_on_step_6)

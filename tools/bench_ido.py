@@ -40,8 +40,8 @@ from accelerate import Accelerator  # noqa: E402
 from pipeline import transforms as T  # noqa: E402
 from pipeline.batch import Batch  # noqa: E402
 from state.store import SampleStore  # noqa: E402
-from training.methods.base import MethodContext  # noqa: E402
-from training.methods.beta_mixture import BetaMixture, normalise_counts  # noqa: E402
+from training.methods.base import MethodContext, Run  # noqa: E402
+from training.methods.common.beta_mixture import BetaMixture, normalise_counts  # noqa: E402
 from training.methods.ido import IDO  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.outputs import cpu_model  # noqa: E402
@@ -92,19 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         return model, optimizer
 
     ctx = MethodContext(num_classes=k, num_samples=n, noisy_labels=noisy, clean_labels=None, epochs=3, base_lr=0.1,
-                        build_model=lambda: build_model(args.model, k), build_optimizer=None,
-                        out_dir=Path(os.devnull), is_main_process=False)
+                        build_model=lambda: build_model(args.model, k), build_optimizer=None)
     method = IDO(IDO.Config(stage1_epochs=1), ctx)
-    method.store = SampleStore(method.state_arrays(), n)
-    # stage 2 needs a fitted mixture: a plausible one from random counts
-    method.store.add("wrong_event", torch.arange(n), torch.randint(0, 20, (n,), generator=gen).to(torch.int32))
-    method.store.set("cur_pred", torch.arange(n), torch.zeros(n, dtype=torch.int32))
-    method._fit(0)
-    method.stage2_started = True  # time the steady state, not the one-off base-weight load
+    store = SampleStore(method.state_arrays(), n)
+    # stage 2 needs a fitted mixture: a plausible one from random counts. on_epoch_start is not called:
+    # the steady state is timed, not the one-off base-weight load
+    store.add("wrong_event", torch.arange(n), torch.randint(0, 20, (n,), generator=gen).to(torch.int32))
+    store.set("cur_pred", torch.arange(n), torch.zeros(n, dtype=torch.int32))
+    method._fit(store, 0)
 
     concat = IDO(IDO.Config(stage1_epochs=1, view_forward="concat"), ctx)
-    concat.store, concat.mixture, concat.ranges = method.store, method.mixture, method.ranges
-    concat.stage2_started = True
+    concat.mixture, concat.ranges = method.mixture, method.ranges
     models = {name: fresh(i) for i, name in enumerate(("ce", "ido-s1", "ido-s2", "ido-s2c"))}
     pixels = [torch.randint(0, 256, (b, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device) for _ in range(4)]
     idx_pool = [torch.randperm(n, generator=gen)[:b].to(device) for _ in range(4)]
@@ -121,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     def ido_step(name, epoch, ido=method):
-        def step(batch):
-            model, optimizer = models[name]
-            ido.train_step(batch, noisy[batch.idx], {"model": model}, {"model": optimizer}, acc, epoch)
-        return step
+        model, optimizer = models[name]
+        run = Run(models={"model": model}, optimizers={"model": optimizer}, accelerator=acc, store=store, epoch=epoch)
+        return lambda batch: ido.train_step(batch, noisy[batch.idx], run)
 
     s1, s2, s2c = ido_step("ido-s1", 0), ido_step("ido-s2", 1), ido_step("ido-s2c", 1, concat)
 

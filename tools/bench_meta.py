@@ -12,8 +12,9 @@ Every method starts from the same initial weights and takes the same precomputed
 round-robin (one step of each method per round) so load changes on a shared machine hit all
 methods alike; after --warmup untimed rounds, --repeats rounds are timed and the median and
 interquartile range of seconds per step are printed with ratios against EBOMLC (paper: MLC 2.28x,
-MLC-D 2.32x) and against CE (goal: EBOMLC <= 3.0x). A CE step is the trainer's standard step
-(forward, backward, SGD step); the meta methods run their own train_step, meta model included.
+MLC-D 2.32x) and against CE (goal: EBOMLC <= 3.0x). Every method runs its train_step as the trainer
+calls it: CE the standard step (forward, backward, SGD step), the meta methods their own step, meta
+model included.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +37,7 @@ from accelerate import Accelerator  # noqa: E402
 
 from pipeline.batch import Batch  # noqa: E402
 from training.methods import build_method  # noqa: E402
-from training.methods.base import MethodContext  # noqa: E402
+from training.methods.base import MethodContext, Run  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.outputs import cpu_model  # noqa: E402
 
@@ -63,33 +63,22 @@ def make_batches(n: int, batch: int, size: int, classes: int, offset: int, gen: 
 
 
 def build_runner(name: str, params: dict, args, labels: torch.Tensor, clean_batches, accelerator):
-    """(a callable running one training step of `name` on a batch, models and optimisers inside;
-    the method's resolved params)."""
+    """(a callable running one training step of `name` on a batch, its Run inside; the method's
+    resolved params)."""
     ctx = MethodContext(num_classes=args.classes, num_samples=len(labels), noisy_labels=labels, clean_labels=labels,
                         epochs=1, base_lr=0.1, build_model=lambda: build_model(args.model, args.classes),
-                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4),
-                        out_dir=Path(args.out_tmp), is_main_process=True)
+                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4))
     method = build_method(name, params, ctx)
-    method.clean = FixedClean(clean_batches, labels)
     torch.manual_seed(0)  # the same initial main model for every method
     models = method.build_models()
-    optimizers = method.build_optimizers(models)
     for model in models.values():
         model.train()
+    run = Run(models=models, optimizers=method.build_optimizers(models), accelerator=accelerator,
+              clean=FixedClean(clean_batches, labels))
     form = method.config.model_dump() if name != "ce" else {}
 
-    if not method.custom_step:
-        model, opt = models["model"], optimizers["model"]
-
-        def step(batch: Batch) -> None:
-            loss = F.cross_entropy(model(batch.images).float(), labels[batch.idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step, form
-
     def step(batch: Batch) -> None:
-        method.train_step(batch, labels[batch.idx], models, optimizers, accelerator, epoch=0)
+        method.train_step(batch, labels[batch.idx], run)
     return step, form
 
 
@@ -108,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out_tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "bench_meta")
 
     gen = torch.Generator().manual_seed(0)
     rounds = args.warmup + args.repeats

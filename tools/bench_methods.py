@@ -65,7 +65,7 @@ class Timed:
         begin = time.perf_counter()
         self.trainer._train_epoch(self.epoch)
         total = time.perf_counter() - begin
-        self.trainer.method.on_epoch_end(self.epoch)
+        self.trainer.method.on_epoch_end(self.trainer.run)
         self.epoch += 1
         return total - self.start_seconds, self.start_seconds
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             row = trainer._train_epoch(epoch)  # the trainer's training pass, as fit() times it
             elapsed = time.perf_counter() - start
-            row.update(trainer.method.on_epoch_end(epoch))
+            row.update(trainer.method.on_epoch_end(trainer.run).metrics)
             samples = row["train_samples"]
             if epoch >= args.warmup:
                 seconds[method].append(elapsed)

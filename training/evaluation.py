@@ -118,18 +118,6 @@ class TrainTally:
         return out
 
 
-def soft_label_diagnostics(soft: np.ndarray, noisy: np.ndarray, clean: np.ndarray) -> dict[str, float]:
-    """How the argmax of a method's soft labels (N, K) relates to the clean labels (N,): accuracy,
-    the fraction of wrong given labels it corrected, and of right given labels it broke."""
-    pred = soft.argmax(axis=1)
-    wrong = noisy != clean
-    return {
-        "soft_label_acc": float((pred == clean).mean()),
-        "corrected": float((pred[wrong] == clean[wrong]).mean()) if wrong.any() else 0.0,
-        "broken": float((pred[~wrong] != clean[~wrong]).mean()) if (~wrong).any() else 0.0,
-    }
-
-
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of `scores` (n,) for detecting `positives` (n,) bool: the probability that a
     random positive scores higher than a random negative, ties counting half (Mann-Whitney U / (n+ n-)).

@@ -110,7 +110,7 @@ def load_run(run_dir: Path, epoch: int | None = None, data_root: str | None = No
     dataset = Dataset(Path(config.data.root) / config.data.name)
     accelerator = Accelerator(cpu=config.cpu)
     noisy = torch.from_numpy(dataset.labels(config.data.train_split, config.data.label_set))
-    ctx = method_context(config, dataset, noisy.to(accelerator.device), None, run_dir, is_main_process=False)
+    ctx = method_context(config, dataset, noisy.to(accelerator.device), None)
     method = build_method(config.method.name, config.method.params, ctx)
     models = method.build_models()
     for i, (name, model) in enumerate(models.items()):  # Accelerate's names, in the order they were prepared

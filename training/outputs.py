@@ -10,12 +10,21 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
     os.replace(tmp, path)
 
 

@@ -4,7 +4,6 @@ method's context. Shared by the Trainer and the tools that rebuild a finished ru
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -31,8 +30,7 @@ def loader_args(config: Config, accelerator: Accelerator) -> dict:
                 num_threads=data.num_threads, mmap=data.mmap)
 
 
-def method_context(config: Config, dataset: Dataset, noisy: torch.Tensor, clean: torch.Tensor | None,
-                   run_dir: Path, is_main_process: bool) -> MethodContext:
+def method_context(config: Config, dataset: Dataset, noisy: torch.Tensor, clean: torch.Tensor | None) -> MethodContext:
     """What a method is built with: the trainer's, and tools that rebuild a run's method to predict with it."""
     optim = config.optim
     if optim.name == "sgd":
@@ -49,7 +47,5 @@ def method_context(config: Config, dataset: Dataset, noisy: torch.Tensor, clean:
         base_lr=optim.lr,
         build_model=partial(build_model, config.model.name, dataset.num_classes, pretrained=config.model.pretrained),
         build_optimizer=build_optimizer,
-        out_dir=run_dir / "method",
-        is_main_process=is_main_process,
         class_names=dataset.classes,
     )

@@ -2,7 +2,7 @@
 
 metrics.jsonl stays the source of truth; a tracker gets copies: the resolved config as
 hyperparameters, every epoch's row (metrics and method diagnostics) at step = epoch, and the PNG
-figures a method writes under <run>/method/, as images where the backend takes images. Everything
+figures of the method's epoch reports (written by the trainer under <run>/method/), as images where the backend takes images. Everything
 is written under <run>/tracking/ (W&B and MLflow: their local files there too). Only the main
 process logs (Accelerate's trackers are main-process only).
 """

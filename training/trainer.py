@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,11 @@ from training.run_setup import loader_args, method_context
 from training.config import Config, ConfigError, dump_config
 from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
-from training.evaluation import TrainTally, eval_pass, predict, soft_label_diagnostics, top1_top5
+from training.evaluation import TrainTally, eval_pass, predict, top1_top5
 from training.methods import build_method, method_config
-from training.methods.base import EpochRun, EvalFn, StepOutput
-from training.outputs import hardware, write_atomic, write_json, write_metrics
+from training.methods.base import EpochReport, EvalFn, Run
+from training.outputs import hardware, write_array, write_atomic, write_json, write_metrics
+from training.plots import save_figure
 from training.schedule import lr_factor
 from training.tracking import TRACKING_DIR, Tracking, check_backend
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.zarr"
+METHOD_DIR = "method"  # the method's epoch artefacts (EpochReport)
 
 
 class Progress:
@@ -118,7 +121,7 @@ class Trainer:
                 acc.register_for_checkpointing(extra)
         if resume:
             self._resume()
-        self.tracking = Tracking(acc, config.tracking.backend, self.run_dir / "method")
+        self.tracking = Tracking(acc, config.tracking.backend, self.run_dir / METHOD_DIR)
 
     # ------------------------------------------------------------------ set-up
 
@@ -191,7 +194,7 @@ class Trainer:
 
     def _build_method(self) -> None:
         cfg, acc = self.config, self.accelerator
-        ctx = method_context(cfg, self.dataset, self.noisy, self.clean, self.run_dir, acc.is_main_process)
+        ctx = method_context(cfg, self.dataset, self.noisy, self.clean)
         self.method = build_method(cfg.method.name, cfg.method.params, ctx)
         specs = self.method.state_arrays()
         self.store = None
@@ -200,9 +203,7 @@ class Trainer:
                                       cfg.state.device_budget_gib * 2**30)
             self.store = SampleStore(specs, ctx.num_samples, labels=self.noisy.cpu(), num_classes=ctx.num_classes,
                                      comm=communicator_for(acc), device=device)
-            self.method.store = self.store
         self.clean_subset = self._clean_subset() if self.method.needs.clean_subset else None
-        self.method.clean = self.clean_subset
 
     def _build_models(self) -> None:
         cfg, acc, method = self.config, self.accelerator, self.method
@@ -217,6 +218,9 @@ class Trainer:
         # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
                            for name, opt in self.optimizers.items() if name not in method.unscheduled}
+        self.run = Run(models=self.models, optimizers=self.optimizers, accelerator=acc, store=self.store,
+                       clean=self.clean_subset, eval_train=self._eval_train,
+                       make_loader=partial(make_loader, self.dataset, **self._loader_args))
 
     def _for_speed(self, model: torch.nn.Module) -> torch.nn.Module:
         """channels_last: NHWC weights, so convolutions run NHWC (cuDNN picks the layout from the weight or the
@@ -260,13 +264,12 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _train_epoch(self, epoch: int) -> dict:
-        acc, method = self.accelerator, self.method
-        model, optimizer = self.models["model"], self.optimizers["model"]
+        acc, method, run = self.accelerator, self.method, self.run
         for m in self.models.values():
             m.train()
         self.train_loader.set_epoch(epoch)
-        method.on_epoch_start(epoch, EpochRun(models=self.models, steps=len(self.train_loader),
-                                              eval_train=self._eval_train))
+        run.epoch, run.steps = epoch, len(self.train_loader)
+        method.on_epoch_start(run)
         tally = TrainTally(has_clean=self.clean is not None)
         bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
@@ -274,16 +277,7 @@ class Trainer:
         step = 0
         for step, batch in enumerate(bar, start=1):
             labels = self.noisy[batch.idx]  # (B,) int64 given labels
-            if method.custom_step:
-                out = method.train_step(batch, labels, self.models, self.optimizers, acc, epoch)
-            else:
-                with acc.autocast():
-                    logits = model(batch.images)  # (B, K)
-                    terms = method.loss(logits, labels, batch, epoch)
-                acc.backward(terms["loss"])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                out = StepOutput(terms=terms, logits=logits.detach())
+            out = method.train_step(batch, labels, run)
             for scheduler in self.schedulers.values():
                 scheduler.step()
             loss = out.terms["loss"].detach()
@@ -307,14 +301,21 @@ class Trainer:
             )
         return latest
 
-    def _soft_label_diagnostics(self) -> dict:
-        name = self.method.soft_label_array
-        if name is None or self.clean is None:
-            return {}
-        return soft_label_diagnostics(self.store[name], self.noisy.cpu().numpy(), self.clean.cpu().numpy())
+    def _write_report(self, report: EpochReport) -> None:
+        """The method's epoch artefacts under <run>/method/ (main process), each replaced in one rename."""
+        if not self.accelerator.is_main_process:
+            return
+        folder = self.run_dir / METHOD_DIR
+        for name, fig in report.figures.items():
+            save_figure(fig, folder / name)
+        for name, array in report.arrays.items():
+            write_array(folder / name, array)
+        for name, text in report.texts.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / name, text)
 
     def _eval_train(self, fn: EvalFn) -> tuple[torch.Tensor, torch.Tensor]:
-        """EpochRun.eval_train: fn over the training stream's samples with the eval transform, by idx."""
+        """Run.eval_train: fn over the training stream's samples with the eval transform, by idx."""
         loader = self.train_eval_loader
         if loader is None:
             raise RuntimeError(f"method {self.method.name!r} calls eval_train without declaring it: set "
@@ -353,8 +354,9 @@ class Trainer:
             self.progress.train_seconds += seconds
             row["epoch_seconds"] = seconds
             row["images_per_s"] = row["train_samples"] / seconds
-            row.update(self.method.on_epoch_end(epoch))
-            row.update(self._soft_label_diagnostics())
+            report = self.method.on_epoch_end(self.run)
+            row.update(report.metrics)
+            self._write_report(report)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 row.update(self._evaluate())
             self.progress.history.append(row)

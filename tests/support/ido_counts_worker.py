@@ -22,7 +22,7 @@ from pipeline.batch import Batch
 from state.store import SampleStore
 from state.sync import communicator_for
 from training.methods import METHODS
-from training.methods.base import MethodContext
+from training.methods.base import MethodContext, Run
 from training.methods.ido import IDO, WRONG_EVENT
 
 N, K, GLOBAL_BATCH, EPOCHS, STAGE1 = 48, 3, 8, 7, 5
@@ -41,12 +41,14 @@ def main(out: Path) -> None:
     model, optimizer = acc.prepare(model, optimizer)
     ctx = MethodContext(num_classes=K, num_samples=N, noisy_labels=labels_all, clean_labels=clean, epochs=EPOCHS,
                         base_lr=0.1, build_model=lambda: nn.Linear(1, K),
-                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), out_dir=out / f"method-{acc.num_processes}",
-                        is_main_process=acc.is_main_process)
+                        build_optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     method = METHODS["ido"](IDO.Config(stage1_epochs=STAGE1), ctx)
-    method.store = SampleStore(method.state_arrays(), N, comm=communicator_for(acc))
+    store = SampleStore(method.state_arrays(), N, comm=communicator_for(acc))
+    run = Run(models={"model": model}, optimizers={"model": optimizer}, accelerator=acc, store=store)
     per_process = GLOBAL_BATCH // acc.num_processes
     for epoch in range(EPOCHS):
+        run.epoch = epoch
+        method.on_epoch_start(run)
         order = torch.randperm(N, generator=torch.Generator().manual_seed(100 + epoch))
         for lo in range(0, N, GLOBAL_BATCH):
             mine = slice(acc.process_index * per_process, (acc.process_index + 1) * per_process)
@@ -55,10 +57,10 @@ def main(out: Path) -> None:
             weak = base[idx] + noise[mine]
             strong = base[idx].flip(-1)
             batch = Batch(images=weak, idx=idx, views={"weak": weak, "strong": strong})
-            method.train_step(batch, labels_all[idx], {"model": model}, {"model": optimizer}, acc, epoch)
-        method.on_epoch_end(epoch)
+            method.train_step(batch, labels_all[idx], run)
+        method.on_epoch_end(run)
     if acc.is_main_process:
-        np.savez(out / f"ido-{acc.num_processes}.npz", counts=method.store[WRONG_EVENT],
+        np.savez(out / f"ido-{acc.num_processes}.npz", counts=store[WRONG_EVENT],
                  p=method._p.cpu().numpy(), eps=method._eps.cpu().numpy(),
                  mixture=np.asarray(method.mixture.to_dict()["params"]),
                  base_epoch=-1 if method.wave.base_epoch is None else method.wave.base_epoch)

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
 from state.spec import ArraySpec
-from training.methods.base import Method
+from training.methods.base import EpochReport, Method, Run
+from training.methods.common.diagnostics import soft_label_report
 
 SOFT_TARGET = "soft_target"
 
@@ -33,19 +34,22 @@ class ALRConfig(BaseModel):
 class ALR(Method):
     name = "alr"
     Config = ALRConfig
-    soft_label_array = SOFT_TARGET
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(SOFT_TARGET, (self.ctx.num_classes,), "float32", "one_hot_labels")]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         logits = logits.float()  # (B, K); the EMA and the losses stay in float32 under mixed precision
-        if epoch < self.config.warmup_epochs:
+        if run.epoch < self.config.warmup_epochs:
             return {"loss": F.cross_entropy(logits, labels)}
         log_p = F.log_softmax(logits, dim=1)  # (B, K)
         p = log_p.exp()
-        self.store.ema(SOFT_TARGET, batch.idx, p.detach(), self.config.alpha)
-        target = torch.as_tensor(self.store.gather(SOFT_TARGET, batch.idx), device=logits.device)  # (B, K)
+        run.store.ema(SOFT_TARGET, batch.idx, p.detach(), self.config.alpha)
+        target = torch.as_tensor(run.store.gather(SOFT_TARGET, batch.idx), device=logits.device)  # (B, K)
         soft_ce = -(target * log_p).sum(dim=1).mean()
         entropy = -(p * log_p).sum(dim=1).mean()
         return {"loss": soft_ce + self.config.lam * entropy, "soft_ce": soft_ce.detach(), "entropy": entropy.detach()}
+
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        ctx = self.ctx
+        return EpochReport(metrics=soft_label_report(run.store[SOFT_TARGET], ctx.noisy_labels, ctx.clean_labels))

@@ -1,16 +1,19 @@
 """The Method interface the trainer drives (DESIGN rule 4).
 
-A method declares what it needs (per-sample arrays, data views, the clean subset, its models)
-and supplies either `loss` (the trainer runs the standard step) or its own `train_step`
-(several models, meta steps). Methods never log, checkpoint or compute metrics: the trainer does.
+A method declares what it needs (per-sample arrays, data views, the clean subset, its models) and
+supplies `loss` (the default `train_step` then runs the standard step) or its own `train_step`
+(several models, meta steps). Every hook and step receives the `Run` handle: the models, optimisers,
+accelerator, sample store and clean subset as they are now, so a method keeps no references to them.
+Methods never log, write files, checkpoint or check the main process: they return an `EpochReport`
+and the trainer writes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -19,6 +22,8 @@ from pipeline.batch import Batch
 from state.spec import ArraySpec
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from state.store import SampleStore
     from training.clean_subset import CleanSubset
 
@@ -31,25 +36,62 @@ class NoParams(BaseModel):
 class DataNeeds:
     views: tuple[str, ...] = ()  # extra augmented views per batch, names from pipeline.transforms.VIEW_NAMES
     clean_subset: bool = False  # needs the clean meta subset as a second stream
-    train_eval: bool = False  # calls EpochRun.eval_train: passes over the training split with the eval transform
+    train_eval: bool = False  # calls Run.eval_train: passes over the training split with the eval transform
 
 
 #: fn(models, batch) -> (B, ...) per-sample values, run under no_grad with every model in eval mode
 EvalFn = Callable[[dict[str, nn.Module], Batch], torch.Tensor]
 
 
+def _no_train_eval(fn: EvalFn) -> tuple[torch.Tensor, torch.Tensor]:
+    raise RuntimeError("eval_train needs needs = DataNeeds(train_eval=True) on the method class")
+
+
 @dataclass
-class EpochRun:
-    """What on_epoch_start receives besides the epoch: the run as it is now (STYLE 23, so a method keeps
-    no references to models or loaders between calls)."""
+class Run:
+    """The run as it is now, handed to every hook and step (STYLE 23: a method keeps no references to
+    models, optimisers, loaders or the accelerator between calls)."""
 
     models: dict[str, nn.Module]  # the prepared models, by name (build_models)
-    steps: int  # batches this epoch, the same in every process
+    optimizers: dict[str, torch.optim.Optimizer]  # by model name (build_optimizers)
+    accelerator: Any  # accelerate.Accelerator
+    store: SampleStore | None = None  # the per-sample arrays of state_arrays(); None when there are none
+    clean: CleanSubset | None = None  # the clean meta subset, with needs.clean_subset
+    epoch: int = 0  # 0-based epoch being trained
+    steps: int = 0  # batches this epoch, the same in every process
     #: eval_train(fn) -> (idx (n,) int64 ascending, values (n, ...)): fn over every sample of the training
     #: stream exactly once (n = all of the split but the clean meta subset), gathered by idx from all
     #: processes, the same on every process; models go back to their modes afterwards. Only for
     #: methods that declare needs.train_eval.
-    eval_train: Callable[[EvalFn], tuple[torch.Tensor, torch.Tensor]]
+    eval_train: Callable[[EvalFn], tuple[torch.Tensor, torch.Tensor]] = _no_train_eval
+    #: make_loader(split, train=..., batch_size=..., exclude=None) -> a loader over a split of the run's
+    #: dataset with the run's decoding, transforms and process sharding (pipeline make_loader)
+    make_loader: Callable[..., Any] | None = None
+
+    def unwrap(self, name: str = "model") -> nn.Module:
+        """The model without its distributed/compile wrappers (for functional calls and weight copies)."""
+        return self.accelerator.unwrap_model(self.models[name])
+
+    def update(self, loss: torch.Tensor, names: Iterable[str] = ("model",)) -> None:
+        """The standard step: backward through `loss`, then step and zero the named optimisers."""
+        self.accelerator.backward(loss)
+        self.step(names)
+
+    def step(self, names: Iterable[str] = ("model",)) -> None:
+        for name in names:
+            self.optimizers[name].step()
+            self.optimizers[name].zero_grad(set_to_none=True)
+
+
+@dataclass
+class EpochReport:
+    """What a method returns at the end of an epoch. The trainer puts `metrics` in the epoch's log row
+    and writes the rest under <run>/method/ on the main process, each file replaced in one rename."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)  # relative path ending .png -> figure
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # relative path ending .npy -> array
+    texts: dict[str, str] = field(default_factory=dict)  # relative path -> the whole file (e.g. JSON lines)
 
 
 @dataclass
@@ -64,8 +106,6 @@ class MethodContext:
     base_lr: float  # optim.lr, the rate the schedule's factors multiply
     build_model: Callable[[], nn.Module]  # a fresh model of the configured architecture
     build_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # the configured optimiser
-    out_dir: Path  # <run>/method/: where a method may write its own per-epoch artefacts (main process only)
-    is_main_process: bool
     class_names: list[str] = field(default_factory=list)  # for figures; index k when empty
 
 
@@ -81,24 +121,18 @@ class Method:
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]] = NoParams
     needs: ClassVar[DataNeeds] = DataNeeds()
-    #: Set by methods that run their own step; the trainer then calls `train_step`.
-    custom_step: ClassVar[bool] = False
     #: Optimisers (by model name) that keep a constant learning rate.
     unscheduled: ClassVar[tuple[str, ...]] = ()
-    #: Name of a (N, K) soft-label array in the store; the trainer then reports label-correction diagnostics.
-    soft_label_array: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel, ctx: MethodContext):
         self.config = config
         self.ctx = ctx
-        self.store: SampleStore | None = None  # set by the trainer when state_arrays() is not empty
-        self.clean: CleanSubset | None = None  # set by the trainer when needs.clean_subset
 
     def state_arrays(self) -> list[ArraySpec]:
         return []
 
     def build_models(self) -> dict[str, nn.Module]:
-        """Models this method trains; "model" is the one the trainer evaluates."""
+        """Models this method trains; "model" is the one `predict` uses by default."""
         return {"model": self.ctx.build_model()}
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
@@ -106,13 +140,18 @@ class Method:
         learning-rate schedule to each, except those named in `unscheduled` (e.g. a meta model's Adam)."""
         return {name: self.ctx.build_optimizer(model.parameters()) for name, model in models.items()}
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         """logits (B, K), labels (B,) int64 noisy labels of batch.idx -> {"loss": scalar, ...}."""
         raise NotImplementedError(f"method {self.name!r} must implement loss() or train_step()")
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, nn.Module],
-                   optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:
-        raise NotImplementedError
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        """One training step on `batch` (labels (B,) int64: its given labels). By default the standard
+        step: the main model's logits under autocast, `loss`, backward, optimiser step."""
+        with run.accelerator.autocast():
+            logits = run.models["model"](batch.images)  # (B, K)
+            terms = self.loss(logits, labels, batch, run)
+        run.update(terms["loss"])
+        return StepOutput(terms=terms, logits=logits.detach())
 
     def lr_factor(self, epoch: float, factor: float) -> float:
         """The learning-rate multiplier at `epoch` (fractional), given the configured schedule's `factor`;
@@ -131,10 +170,10 @@ class Method:
         teacher overrides this. Called under no_grad and autocast with every model in eval mode."""
         return models["model"](images)
 
-    def on_epoch_start(self, epoch: int, run: EpochRun) -> None:
+    def on_epoch_start(self, run: Run) -> None:
         """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset or, with
         needs.train_eval, over the training split)."""
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        """Epoch hook; returns method-specific metrics for the epoch's log row."""
-        return {}
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        """Epoch hook, after the last batch: the epoch's method metrics and artefacts."""
+        return EpochReport()

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.batch import Batch
-from training.methods.base import Method
+from training.methods.base import Method, Run
 
 
 class CE(Method):
     name = "ce"
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         return {"loss": F.cross_entropy(logits.float(), labels)}

@@ -32,9 +32,10 @@ from torch import nn
 from pipeline.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import auroc
-from training.methods.base import Method, StepOutput
+from training.methods.base import EpochReport, Method, Run, StepOutput
 
 SELECTED = "selected"
+NETS = ("model", "peer")
 
 
 class CoteachingConfig(BaseModel):
@@ -63,47 +64,42 @@ def small_loss_exchange(loss: torch.Tensor, peer_loss: torch.Tensor,
 class Coteaching(Method):
     name = "coteaching"
     Config = CoteachingConfig
-    custom_step = True
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(SELECTED, (), "float32", -1.0)]
 
     def build_models(self) -> dict[str, nn.Module]:
         # two independent initialisations: their disagreement is what lets them filter each other's errors
-        return {"model": self.ctx.build_model(), "peer": self.ctx.build_model()}
+        return {name: self.ctx.build_model() for name in NETS}
 
     def _keep(self, epoch: int) -> float:
         return keep_ratio(epoch, self.config.forget_rate, self.config.ramp_epochs)
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:
-        with accelerator.autocast():
-            logits = models["model"](batch.images)  # (B, K)
-            peer_logits = models["peer"](batch.images)  # (B, K)
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        with run.accelerator.autocast():
+            logits = run.models["model"](batch.images)  # (B, K)
+            peer_logits = run.models["peer"](batch.images)  # (B, K)
         ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
         peer_ce = F.cross_entropy(peer_logits.float(), labels, reduction="none")  # (B,)
-        for_model, for_peer = small_loss_exchange(ce.detach(), peer_ce.detach(), self._keep(epoch))
+        for_model, for_peer = small_loss_exchange(ce.detach(), peer_ce.detach(), self._keep(run.epoch))
         loss = ce[for_model].mean()
         peer_loss = peer_ce[for_peer].mean()
         # The two networks share no parameters, so one backward of the sum gives each its own gradient.
-        accelerator.backward(loss + peer_loss)
-        for name in ("model", "peer"):
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
+        run.update(loss + peer_loss, NETS)
         selected = torch.zeros_like(ce)  # (B,) how many networks kept each sample
         selected[for_model] += 1  # kept by the peer
         selected[for_peer] += 1  # kept by the model
-        self.store.set(SELECTED, batch.idx, selected)
+        run.store.set(SELECTED, batch.idx, selected)
         return StepOutput(terms={"loss": loss.detach(), "peer_loss": peer_loss.detach()}, logits=logits.detach())
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+    def on_epoch_end(self, run: Run) -> EpochReport:
         """keep_ratio of the epoch; with clean labels (diagnostics only) selection_auroc: the AUROC of
         "kept by fewer networks" as a detector of wrong labels (1 = every wrong label was kept by fewer
         networks than every right one, 0.5 = no better than chance), over samples seen so far."""
-        row = {"keep_ratio": self._keep(epoch)}
-        if self.ctx.clean_labels is None:
-            return row
-        selected = self.store[SELECTED]
-        seen = selected >= 0
-        wrong = (self.ctx.noisy_labels != self.ctx.clean_labels).cpu().numpy()
-        row["selection_auroc"] = auroc(-selected[seen], wrong[seen])
-        return row
+        metrics = {"keep_ratio": self._keep(run.epoch)}
+        if self.ctx.clean_labels is not None:
+            selected = run.store[SELECTED]
+            seen = selected >= 0
+            wrong = (self.ctx.noisy_labels != self.ctx.clean_labels).cpu().numpy()
+            metrics["selection_auroc"] = auroc(-selected[seen], wrong[seen])
+        return EpochReport(metrics=metrics)

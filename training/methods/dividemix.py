@@ -50,7 +50,7 @@ from torch import nn
 from pipeline.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import auroc
-from training.methods.base import DataNeeds, EpochRun, Method, StepOutput
+from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
 
 CLEAN_PROB = "clean_prob"
 NETS = ("model", "peer")  # column j of clean_prob belongs to NETS[j]
@@ -195,12 +195,10 @@ class DivideMix(Method):
     name = "dividemix"
     Config = DivideMixConfig
     needs = DataNeeds(views=("weak", "weak2"), train_eval=True)
-    custom_step = True
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
-        self._steps = 1  # batches this epoch (EpochRun.steps), for the fractional epoch of the ramp
-        self._step = 0  # batches taken this epoch
+        self._step = 0  # batches taken this epoch, for the fractional epoch of the ramp
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(CLEAN_PROB, (len(NETS),), "float32", -1.0)]
@@ -219,39 +217,39 @@ class DivideMix(Method):
         return torch.stack([F.cross_entropy(models[n](batch.images).float(), labels, reduction="none")
                             for n in NETS], dim=1)
 
-    def on_epoch_start(self, epoch: int, run: EpochRun) -> None:
-        self._steps, self._step = run.steps, 0
-        if epoch < self.config.warmup_epochs:
+    def on_epoch_start(self, run: Run) -> None:
+        self._step = 0
+        if run.epoch < self.config.warmup_epochs:
             return
         idx, losses = run.eval_train(self._losses)  # (n,), (n, 2): every training sample once, by idx
         losses = losses.double().cpu().numpy()
         prob = np.stack([clean_probability(losses[:, j]) for j in range(len(NETS))], axis=1)  # (n, 2)
-        self.store.set(CLEAN_PROB, idx, torch.from_numpy(prob).to(idx.device))
+        run.store.set(CLEAN_PROB, idx, torch.from_numpy(prob).to(idx.device))
 
     # ------------------------------------------------------------------ steps
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
         self._step += 1
-        if epoch < self.config.warmup_epochs:
-            return self._warmup_step(batch, labels, models, optimizers, accelerator)
-        prob = torch.as_tensor(self.store.gather(CLEAN_PROB, batch.idx), device=labels.device)  # (B, 2)
-        progress = epoch + (self._step - 1) / self._steps  # fractional epochs done, as the authors' ramp
+        if run.epoch < self.config.warmup_epochs:
+            return self._warmup_step(batch, labels, run)
+        prob = torch.as_tensor(run.store.gather(CLEAN_PROB, batch.idx), device=labels.device)  # (B, 2)
+        progress = run.epoch + (self._step - 1) / run.steps  # fractional epochs done, as the authors' ramp
         lambda_u = self.config.lambda_u * linear_rampup(progress, self.config.warmup_epochs,
                                                         self.config.rampup_epochs)
         out = {}
         for j, net in enumerate(NETS):
             w = prob[:, 1 - j]  # co-divide: the division the OTHER network's mixture made
-            out[net] = self._semi_step(models[net], models[NETS[1 - j]], optimizers[net], batch, labels, w,
-                                       lambda_u, accelerator)
+            out[net] = self._semi_step(run, net, NETS[1 - j], batch, labels, w, lambda_u)
         (loss, lx, lu, logits), (peer_loss, peer_lx, peer_lu, _) = out["model"], out["peer"]
         return StepOutput(terms={"loss": loss, "lx": lx, "lu": lu, "peer_loss": peer_loss, "peer_lx": peer_lx,
                                  "peer_lu": peer_lu}, logits=logits)
 
-    def _semi_step(self, net: nn.Module, other: nn.Module, optimizer, batch: Batch, labels: torch.Tensor,
-                   w: torch.Tensor, lambda_u: float, accelerator):
-        """One MixMatch step of `net` on its division (w (B,) from the other network); returns
-        (loss, L_x, L_u, net's logits on the weak view (B, K)), all detached."""
-        cfg = self.config
+    def _semi_step(self, run: Run, name: str, other_name: str, batch: Batch, labels: torch.Tensor,
+                   w: torch.Tensor, lambda_u: float):
+        """One MixMatch step of network `name` on its division (w (B,) from network `other_name`); returns
+        (loss, L_x, L_u, the network's logits on the weak view (B, K)), all detached."""
+        cfg, accelerator = self.config, run.accelerator
+        net, other = run.models[name], run.models[other_name]
         b = labels.shape[0]
         labelled = w > cfg.p_threshold  # (B,) bool
         views = torch.cat([batch.views["weak"], batch.views["weak2"]])  # (2B, 3, H, W)
@@ -278,37 +276,32 @@ class DivideMix(Method):
         loss = lx + lambda_u * lu
         if cfg.uniform_prior:
             loss = loss + uniform_prior_penalty(mixed_logits)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.update(loss, (name,))
         return loss.detach(), lx.detach(), lu.detach(), net_logits[:b]
 
-    def _warmup_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator) -> StepOutput:
-        with accelerator.autocast():
-            logits = {n: models[n](batch.images).float() for n in NETS}  # (B, K) each
+    def _warmup_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        with run.accelerator.autocast():
+            logits = {n: run.models[n](batch.images).float() for n in NETS}  # (B, K) each
         losses = {}
         for n in NETS:
             losses[n] = F.cross_entropy(logits[n], labels)
             if self.config.warmup_penalty:
                 losses[n] = losses[n] + negative_entropy(logits[n])
         # the two networks share no parameters: one backward of the sum gives each its own gradient
-        accelerator.backward(losses["model"] + losses["peer"])
-        for n in NETS:
-            optimizers[n].step()
-            optimizers[n].zero_grad(set_to_none=True)
+        run.update(losses["model"] + losses["peer"], NETS)
         return StepOutput(terms={"loss": losses["model"].detach(), "peer_loss": losses["peer"].detach()},
                           logits=logits["model"].detach())
 
     # ------------------------------------------------------------------ diagnostics
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+    def on_epoch_end(self, run: Run) -> EpochReport:
         """For the division each network's mixture made this epoch (suffix _model / _peer; the one made by
         "peer" is what "model" trained on): labelled_frac, and with clean labels (diagnostics only)
         labelled_precision (right labels among the labelled), labelled_recall (labelled among the right
         labels) and clean_prob_auroc (AUROC of 1 - clean_prob as a detector of wrong labels)."""
-        if epoch < self.config.warmup_epochs:
-            return {}
-        prob = self.store[CLEAN_PROB]  # (N, 2)
+        if run.epoch < self.config.warmup_epochs:
+            return EpochReport()
+        prob = run.store[CLEAN_PROB]  # (N, 2)
         divided = prob[:, 0] >= 0  # every sample of the training stream (not the clean meta subset)
         row = {}
         right = None
@@ -323,4 +316,4 @@ class DivideMix(Method):
                 row[f"labelled_precision_{net}"] = hits / max(float(labelled.sum()), 1.0)
                 row[f"labelled_recall_{net}"] = hits / max(float(right.sum()), 1.0)
                 row[f"clean_prob_auroc_{net}"] = auroc(-p, ~right)
-        return row
+        return EpochReport(metrics=row)

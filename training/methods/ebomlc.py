@@ -1,7 +1,8 @@
 """EBOMLC, Efficient Bilevel Optimization for Meta Label Correction (Nguyen and Ta 2026, Algorithm 2),
-as the authors' `step_ebomlc` runs it. State: none per sample; meta model g_a (meta_label.py).
+as the authors' `step_ebomlc` runs it. State: none per sample; meta model g_a (common/meta_label.py).
 
-Per step, on a noisy batch (x', y~') and a clean batch (x_c, y_c), all in meta_label.barrier_direction:
+Per step, on a noisy batch (x', y~') and a clean batch (x_c, y_c), all in `ebomlc_direction`
+(common/meta_label.barrier_direction with the upper loss below):
   1. one inner step w1 = w - lr SGD-direction(grad_w G(w, a)) (the main optimiser's step, momentum
      buffer read), Q = G(w, a) - G(w1, a) on the same noisy batch and the same g output (Eq. 8);
   2. upper loss F(w, a) = mean CE(rho f_w(x_c) + (1 - rho) softmax(g_a(h(x_c), y_c)), y_c), rho = 0.2
@@ -32,11 +33,16 @@ w1_grad=bome); clean_in_lower adds 2 forwards of the clean half (at w and w1).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
-from training.methods.meta_label import BarrierConfig, BarrierForm, BarrierMethod
+from training.methods.common.meta_label import (BarrierConfig, BarrierMethod, Direction, at_least_float32,
+                                                barrier_direction)
 
 
 class EBOMLCConfig(BarrierConfig):
@@ -46,10 +52,47 @@ class EBOMLCConfig(BarrierConfig):
     main_lower_step: bool = True  # the main model keeps the SGD step to w1 (authors' code); false: Alg. 2
 
 
+def mixture_ce(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
+    """EBOMLC's upper loss as the authors compute it: mean CE(rho f + (1 - rho) softmax(g), y), float32.
+
+    The main model's logits are mixed with g's probabilities, so g adds at most 1 - rho to one
+    logit: grad_w F is rho times the CE gradient at rho f (the paper's "proportional to rho"), and
+    g copying the input label is a shallow gain that fades once f fits the clean batch. rho = 1
+    gives plain cross-entropy (g in the graph with zero gradient)."""
+    mixed = rho * at_least_float32(main_logits) + (1.0 - rho) * F.softmax(at_least_float32(meta_logits), dim=1)
+    return F.cross_entropy(mixed, labels)
+
+
+def mixture_nll(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
+    """`upper_mix: probs`, the first reading of Eq. 9: mean -log(rho softmax(f)[y] + (1 - rho) softmax(g)[y]).
+    Probabilities are mixed, then logged; done as a logsumexp of log-probabilities so it stays finite
+    when either probability underflows. Here g copying the label is a deep, permanent minimum.
+    rho = 1 gives plain cross-entropy exactly (log 0 = -inf adds nothing). rho in (0, 1]."""
+    log_pf = F.log_softmax(at_least_float32(main_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
+    log_pg = F.log_softmax(at_least_float32(meta_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
+    weights = torch.log(torch.tensor([rho, 1.0 - rho], device=log_pf.device))
+    return -torch.logsumexp(torch.stack([log_pf, log_pg], dim=1) + weights, dim=1).mean()
+
+
+UPPER_MIX = {"logits": mixture_ce, "probs": mixture_nll}
+
+
+def ebomlc_direction(model: nn.Module, meta: nn.Module, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor,
+                     y_clean: torch.Tensor, *, config: EBOMLCConfig, **step) -> Direction:
+    """Steps 1-4 above: barrier_direction with the mixture `config.upper_mix` at config.rho as F and the
+    barrier scaled by config.xi (step: inner, and optionally mix, autocast, reduce, scale)."""
+    return barrier_direction(model, meta, x, y, x_clean, y_clean, config=config, xi=config.xi,
+                             upper_loss=partial(UPPER_MIX[config.upper_mix], rho=config.rho), **step)
+
+
 class EBOMLC(BarrierMethod):
     name = "ebomlc"
     Config = EBOMLCConfig
 
-    def _form(self) -> BarrierForm:
-        cfg = self.config
-        return BarrierForm(rho=cfg.rho, xi=cfg.xi, upper_mix=cfg.upper_mix, main_lower_step=cfg.main_lower_step)
+    def _direction(self, model: nn.Module, meta: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   x_clean: torch.Tensor, y_clean: torch.Tensor, **step) -> Direction:
+        return ebomlc_direction(model, meta, x, y, x_clean, y_clean, config=self.config, **step)
+
+    def _start(self, d: Direction) -> dict[str, torch.Tensor] | None:
+        """Step 5: with main_lower_step the main model first moves to w1."""
+        return d.w_hat if self.config.main_lower_step else None

@@ -8,8 +8,8 @@ The regulariser is not detached in p: its gradient pulls p_i towards t_i, the ru
 the early-learning predictions, so the model keeps predicting what it learnt before memorising the
 wrong labels. The clamp keeps 1 - <t, p> away from 0.
 
-The targets are soft labels: the trainer reports how many wrong given labels their argmax corrects
-(soft_label_array). A row stays 0 (argmax: class 0) until its sample's first batch; after one full epoch every row
+The targets are soft labels: each epoch reports how many wrong given labels their argmax corrects
+(corrected / broken, when the clean labels are known). A row stays 0 (argmax: class 0) until its sample's first batch; after one full epoch every row
 has been updated.
 """
 
@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
 from state.spec import ArraySpec
-from training.methods.base import Method
+from training.methods.base import EpochReport, Method, Run
+from training.methods.common.diagnostics import soft_label_report
 
 TARGET = "elr_target"
 CLAMP = 1e-4  # the authors' bound on the predicted probabilities
@@ -47,17 +48,19 @@ def elr_regulariser(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class ELR(Method):
     name = "elr"
     Config = ELRConfig
-    soft_label_array = TARGET
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(TARGET, (self.ctx.num_classes,), "float32", 0.0)]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         logits = logits.float()  # (B, K); targets and regulariser in float32 under mixed precision
         p = clamped_softmax(logits)  # (B, K)
         q = p.detach()
-        self.store.ema(TARGET, batch.idx, q / q.sum(dim=1, keepdim=True), self.config.beta)
-        target = torch.as_tensor(self.store.gather(TARGET, batch.idx), device=logits.device)  # (B, K)
+        run.store.ema(TARGET, batch.idx, q / q.sum(dim=1, keepdim=True), self.config.beta)
+        target = torch.as_tensor(run.store.gather(TARGET, batch.idx), device=logits.device)  # (B, K)
         ce = F.cross_entropy(logits, labels)
         reg = elr_regulariser(p, target)
         return {"loss": ce + self.config.lam * reg, "ce": ce.detach(), "elr_reg": reg.detach()}
+
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        return EpochReport(metrics=soft_label_report(run.store[TARGET], self.ctx.noisy_labels, self.ctx.clean_labels))

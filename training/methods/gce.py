@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
-from training.methods.base import Method
+from training.methods.base import Method, Run
 
 
 class GCEConfig(BaseModel):
@@ -35,5 +35,5 @@ class GCE(Method):
     name = "gce"
     Config = GCEConfig
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         return {"loss": gce_loss(logits.float(), labels, self.config.q)}

@@ -19,15 +19,16 @@ off). Dropping gradients rather than switching requires_grad keeps DDP's reducer
 
 At the end of the last stage-1 epoch the class-wise Beta mixture is fitted with 20 EM iterations
 on the normalised counts; after every stage-2 epoch it is refitted warm-started (2 iterations, the
-authors' class-wise script). The parameters (per class a, b, pi of both components, and the count min/max) are
-written per fit to <ctx.out_dir>/ido_mixture.jsonl and summarised in the epoch's metrics; when
-clean labels are known, each epoch's count histograms (per class, right vs wrong labels) are
-saved as <ctx.out_dir>/ido_counts/epoch-NNNN.png.
+authors' class-wise script). The parameters (per class a, b, pi of both components, and the count min/max) of
+every fit so far are reported as ido_mixture.jsonl (one row per fit) and summarised in the epoch's
+metrics; when clean labels are known, each epoch's count histograms (per class, right vs wrong
+labels) are reported as ido_counts/epoch-NNNN.png (the trainer writes both under <run>/method/).
 
-Stage 2: at its first step the base weights are loaded into the model and the optimiser state
-(momentum / Adam moments, which belong to the later stage-1 trajectory) is cleared; the learning
-rate keeps following the schedule (trainer's, or `stage2_schedule: cosine`). Per batch, with weak
-logits u and strong logits v:
+Stage 2: at its start (on_epoch_start of epoch stage1_epochs, or of the first epoch after a resume
+past it) the base weights are loaded into the model and the optimiser state (momentum / Adam
+moments, which belong to the later stage-1 trajectory) is cleared; the learning rate keeps
+following the schedule (trainer's, or `stage2_schedule: cosine`). Per batch, with weak logits u and
+strong logits v:
 
   1. the batch's wrong events are added to the counts (once per view, +0..2), FIRST;
   2. p_i, q_i and eps_i come from the live counts of the batch, normalised with the last fit's
@@ -71,11 +72,11 @@ from pipeline.batch import Batch
 from pipeline.errors import ConfigError
 from pipeline.epochs import part_bounds
 from state.spec import ArraySpec
+from state.store import SampleStore
 from training.evaluation import auroc
-from training.methods.base import DataNeeds, Method, MethodContext, StepOutput
-from training.methods.beta_mixture import BetaMixture, count_ranges, normalise_counts, scale_counts
-from training.outputs import write_atomic
-from training.plots import count_histograms, save_figure
+from training.methods.base import DataNeeds, EpochReport, Method, MethodContext, Run, StepOutput
+from training.methods.common.beta_mixture import BetaMixture, count_ranges, normalise_counts, scale_counts
+from training.plots import count_histograms
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,6 @@ class IDO(Method):
     name = "ido"
     Config = IDOConfig
     needs = DataNeeds(views=("weak", "strong"))
-    custom_step = True
 
     def __init__(self, config: IDOConfig, ctx: MethodContext):
         super().__init__(config, ctx)
@@ -191,15 +191,13 @@ class IDO(Method):
         self.labels = ctx.noisy_labels.cpu().numpy().astype(np.int64)  # (N,)
         self.wave = LabelWave()
         self.mixture: BetaMixture | None = None
-        self.mixture_history: list[dict] = []  # one JSON row per fit, written whole to ido_mixture.jsonl
+        self.mixture_history: list[dict] = []  # one JSON row per fit, reported whole as ido_mixture.jsonl
         self.base_weights: dict[str, torch.Tensor] | None = None
         self._last_weights: dict[str, torch.Tensor] | None = None  # previous epoch's copy, until the base is chosen
         self.stage2_started = False
         self.ranges: tuple[np.ndarray, np.ndarray] | None = None  # last fit's per-group count (min, max)
         self._p: torch.Tensor | None = None  # (N,) float32 clean posterior of the last fit, for diagnostics
         self._eps: torch.Tensor | None = None  # (N,) float32
-        self._model: torch.nn.Module | None = None
-        self._accelerator = None
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(WRONG_EVENT, (), "int32", 0), ArraySpec(PREV_PRED, (), "int32", -1),
@@ -209,45 +207,36 @@ class IDO(Method):
     def stage1_epochs(self) -> int:
         return self.config.stage1_epochs
 
-    def bind(self, model: torch.nn.Module, accelerator) -> None:
-        """The trained model, for the weight copies made in on_epoch_end (train_step binds it)."""
-        self._model, self._accelerator = model, accelerator
-
-    def _unwrapped(self) -> torch.nn.Module:
-        if self._model is None:
-            raise RuntimeError("IDO has no model yet: train_step (or bind) must run before on_epoch_end")
-        return self._accelerator.unwrap_model(self._model) if self._accelerator is not None else self._model
-
     # ------------------------------------------------------------------ steps
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models: dict[str, torch.nn.Module],
-                   optimizers: dict[str, torch.optim.Optimizer], accelerator, epoch: int) -> StepOutput:
-        model, optimizer = models["model"], optimizers["model"]
-        self.bind(model, accelerator)
-        if epoch < self.stage1_epochs:
-            return self._stage1_step(batch, labels, model, optimizer, accelerator)
-        if not self.stage2_started:
-            self._begin_stage2(optimizer)
-        return self._stage2_step(batch, labels, model, optimizer, accelerator, epoch)
+    def on_epoch_start(self, run: Run) -> None:
+        if run.epoch >= self.stage1_epochs and not self.stage2_started:
+            self._begin_stage2(run)
 
-    def _stage1_step(self, batch, labels, model, optimizer, accelerator) -> StepOutput:
-        with accelerator.autocast():
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        if run.epoch < self.stage1_epochs:
+            return self._stage1_step(batch, labels, run)
+        return self._stage2_step(batch, labels, run)
+
+    def _stage1_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        model = run.models["model"]
+        with run.accelerator.autocast():
             logits = model(batch.images)  # (B, K), the weak view
             loss = F.cross_entropy(logits.float(), labels)
         pred = logits.detach().argmax(dim=1)  # (B,)
-        self.store.add(WRONG_EVENT, batch.idx, (pred != labels).to(torch.int32))
-        self.store.set(CUR_PRED, batch.idx, pred.to(torch.int32))
-        accelerator.backward(loss)
+        run.store.add(WRONG_EVENT, batch.idx, (pred != labels).to(torch.int32))
+        run.store.set(CUR_PRED, batch.idx, pred.to(torch.int32))
+        run.accelerator.backward(loss)
         if self.config.stage1_frozen:
-            head = {id(q) for q in self._unwrapped().fc.parameters()}
+            head = {id(q) for q in run.unwrap().fc.parameters()}
             for param in model.parameters():
                 if id(param) not in head:
                     param.grad = None  # the optimiser skips it: no step, no weight decay, no moments
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.step()
         return StepOutput(terms={"loss": loss}, logits=logits.detach())
 
-    def _stage2_step(self, batch, labels, model, optimizer, accelerator, epoch) -> StepOutput:
+    def _stage2_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        model, accelerator = run.models["model"], run.accelerator
         views = batch.views
         if "weak" not in views or "strong" not in views:
             raise RuntimeError(
@@ -261,26 +250,25 @@ class IDO(Method):
                 u, v = model(views["weak"]), model(views["strong"])  # (B, K) each
         u, v = u.float(), v.float()
         wrong = (u.detach().argmax(dim=1) != labels).to(torch.int32) + (v.detach().argmax(dim=1) != labels).to(torch.int32)
-        self.store.add(WRONG_EVENT, batch.idx, wrong)  # (B,) in {0, 1, 2}: once per view, before the weights
-        p, eps = self.live_posteriors(batch.idx)
+        run.store.add(WRONG_EVENT, batch.idx, wrong)  # (B,) in {0, 1, 2}: once per view, before the weights
+        p, eps = self.live_posteriors(run.store, batch.idx)
         terms = ido_loss(u, v, labels, p, eps, self.config.entropy,
                          global_mean=partial(global_batch_mean, accelerator) if accelerator.num_processes > 1 else None)
-        accelerator.backward(terms["loss"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.update(terms["loss"])
         return StepOutput(terms=terms, logits=u.detach())
 
-    def _begin_stage2(self, optimizer) -> None:
+    def _begin_stage2(self, run: Run) -> None:
         if self.base_weights is not None:
-            self._unwrapped().load_state_dict(self.base_weights)
+            run.unwrap().load_state_dict(self.base_weights)
             log.info("IDO stage 2 starts from the base model (label wave: epoch %s)",
                      None if self.wave.base_epoch is None else self.wave.base_epoch + 1)
         else:
             log.info("IDO stage 2 starts from the weights at the end of stage 1 (the label wave did not turn)")
         if self.config.reset_optimizer:
+            optimizer = run.optimizers["model"]
             getattr(optimizer, "optimizer", optimizer).state.clear()  # AcceleratedOptimizer wraps the torch one
         if self.mixture is None:  # e.g. stage1_epochs changed on resume: fit now
-            self._fit(self.stage1_epochs - 1)
+            self._fit(run.store, self.stage1_epochs - 1)
         self.stage2_started = True
 
     def lr_factor(self, epoch: float, factor: float) -> float:
@@ -294,17 +282,19 @@ class IDO(Method):
 
     # ------------------------------------------------------------------ epoch end
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if epoch < self.stage1_epochs:
-            metrics.update(self._label_wave(epoch))
-        if epoch >= self.stage1_epochs - 1:
-            metrics.update(self._fit(epoch))
-        metrics.update(self._diagnostics(epoch))
-        return metrics
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        report = EpochReport()
+        if run.epoch < self.stage1_epochs:
+            report.metrics.update(self._label_wave(run))
+        if run.epoch >= self.stage1_epochs - 1:
+            report.metrics.update(self._fit(run.store, run.epoch))
+            report.texts[MIXTURE_FILE] = "".join(json.dumps(r) + "\n" for r in self.mixture_history)
+        self._diagnostics(run, report)
+        return report
 
-    def _label_wave(self, epoch: int) -> dict[str, float]:
-        cur, prev = self.store[CUR_PRED], self.store[PREV_PRED]
+    def _label_wave(self, run: Run) -> dict[str, float]:
+        epoch, store = run.epoch, run.store
+        cur, prev = store[CUR_PRED], store[PREV_PRED]
         out: dict[str, float] = {}
         if epoch >= 1:
             pc = prediction_changes(prev, cur)
@@ -314,7 +304,7 @@ class IDO(Method):
                 log.info("label wave: PC %d at epoch %d did not decrease; base model = weights of epoch %d",
                          pc, epoch + 1, epoch)
         if self.wave.base_epoch is None and epoch < self.stage1_epochs - 1:
-            self._last_weights = _cpu_copy(self._unwrapped())  # a later epoch may still choose these
+            self._last_weights = _cpu_copy(run.unwrap())  # a later epoch may still choose these
         else:
             self._last_weights = None
         if epoch == self.stage1_epochs - 1 and self.wave.base_epoch is None:
@@ -322,22 +312,23 @@ class IDO(Method):
                         self.stage1_epochs)
         if self.wave.base_epoch is not None:
             out["base_epoch"] = self.wave.base_epoch + 1  # 1-based, like the metrics' "epoch"
-        self._copy_predictions(cur)
+        self._copy_predictions(store, cur)
         return out
 
-    def _copy_predictions(self, cur: np.ndarray) -> None:
+    def _copy_predictions(self, store: SampleStore, cur: np.ndarray) -> None:
         """prev_pred := cur_pred; collective: each process sets its own block of idx."""
-        comm = self.store.comm
-        start, stop = part_bounds(self.store.num_samples, comm.num_processes, comm.process_index)
+        comm = store.comm
+        start, stop = part_bounds(store.num_samples, comm.num_processes, comm.process_index)
         idx = torch.arange(start, stop, dtype=torch.int64, device=self.device)
-        self.store.set(PREV_PRED, idx, torch.from_numpy(np.array(cur[start:stop])).to(self.device))
+        store.set(PREV_PRED, idx, torch.from_numpy(np.array(cur[start:stop])).to(self.device))
 
-    def _active(self) -> np.ndarray:
+    @staticmethod
+    def _active(store: SampleStore) -> np.ndarray:
         """Samples trained on (predicted at least once in stage 1): the held-out clean subset is not."""
-        return self.store[CUR_PRED] >= 0
+        return store[CUR_PRED] >= 0
 
-    def _fit(self, epoch: int) -> dict[str, float]:
-        counts, active = self.store[WRONG_EVENT], self._active()
+    def _fit(self, store: SampleStore, epoch: int) -> dict[str, float]:
+        counts, active = store[WRONG_EVENT], self._active(store)
         k = self.ctx.num_classes
         x = normalise_counts(counts, self.labels, k, classwise=self.config.classwise, active=active)
         first = self.mixture is None
@@ -353,7 +344,6 @@ class IDO(Method):
             "count_min": np.where(np.isfinite(lo), lo, np.nan).tolist(),
             "count_max": np.where(np.isfinite(hi), hi, np.nan).tolist(), **self.mixture.to_dict(),
         })
-        self._write_mixture()
         p = self._p.cpu().numpy()[active]
         return {"ido_p_mean": float(p.mean()), "ido_clean_fraction": float((p > 0.5).mean()),
                 "ido_eps_mean": float(self._eps.cpu().numpy()[active].mean())}
@@ -361,13 +351,13 @@ class IDO(Method):
     def _groups(self, labels: np.ndarray) -> np.ndarray:
         return labels if self.config.classwise else np.zeros_like(labels)
 
-    def live_posteriors(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def live_posteriors(self, store: SampleStore, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """p and eps (B,) float32 on the device for the batch idx, from the live counts scaled by the last
         fit's min/max (dynamic posteriors, module docstring)."""
         if self.mixture is None or self.ranges is None:
             raise RuntimeError("IDO stage 2 has no fitted mixture: the first fit runs at the end of stage 1")
         groups = self._groups(self.labels[idx.cpu().numpy()])
-        counts = torch.as_tensor(self.store.gather(WRONG_EVENT, idx)).cpu().numpy()  # (B,) host: the mixture is numpy
+        counts = torch.as_tensor(store.gather(WRONG_EVENT, idx)).cpu().numpy()  # (B,) host: the mixture is numpy
         x = scale_counts(counts, groups, *self.ranges)
         post = self.mixture.posteriors(x, groups)
         return (torch.from_numpy(post.p.astype(np.float32)).to(self.device),
@@ -378,29 +368,22 @@ class IDO(Method):
         self._p = torch.from_numpy(post.p.astype(np.float32)).to(self.device)  # (N,)
         self._eps = torch.from_numpy(post.eps.astype(np.float32)).to(self.device)  # (N,)
 
-    def _write_mixture(self) -> None:
-        if not self.ctx.is_main_process:
-            return
-        self.ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.ctx.out_dir / MIXTURE_FILE, "".join(json.dumps(r) + "\n" for r in self.mixture_history))
-
-    def _diagnostics(self, epoch: int) -> dict[str, float]:
-        """AUROC of the wrong-event count and of 1 - p for finding the mislabelled samples (clean labels
-        known), and the per-class count histograms of right and wrong labels as
-        <ctx.out_dir>/ido_counts/epoch-NNNN.png."""
+    def _diagnostics(self, run: Run, report: EpochReport) -> None:
+        """Adds to `report` (clean labels known) the AUROC of the wrong-event count and of 1 - p for
+        finding the mislabelled samples, and the per-class count histograms of right and wrong labels as
+        ido_counts/epoch-NNNN.png."""
         if self.ctx.clean_labels is None:
-            return {}
-        active = self._active()
+            return
+        active = self._active(run.store)
         wrong = (self.labels != self.ctx.clean_labels.cpu().numpy())[active]
-        counts = self.store[WRONG_EVENT][active]
-        out = {"we_auroc": auroc(counts, wrong)}
+        counts = run.store[WRONG_EVENT][active]
+        report.metrics["we_auroc"] = auroc(counts, wrong)
         if self._p is not None:
-            out["p_auroc"] = auroc(1.0 - self._p.cpu().numpy()[active], wrong)
-        if self.ctx.is_main_process:
-            fig = count_histograms(counts, self.labels[active], wrong, self.ctx.num_classes, self.ctx.class_names,
-                                   f"IDO wrong-event counts per given class, epoch {epoch + 1}")
-            save_figure(fig, self.ctx.out_dir / COUNTS_PLOT_DIR / f"epoch-{epoch + 1:04d}.png")
-        return out
+            report.metrics["p_auroc"] = auroc(1.0 - self._p.cpu().numpy()[active], wrong)
+        epoch = run.epoch + 1
+        report.figures[f"{COUNTS_PLOT_DIR}/epoch-{epoch:04d}.png"] = count_histograms(
+            counts, self.labels[active], wrong, self.ctx.num_classes, self.ctx.class_names,
+            f"IDO wrong-event counts per given class, epoch {epoch}")
 
     # ------------------------------------------------------------------ checkpoints
 

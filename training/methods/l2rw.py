@@ -5,7 +5,7 @@ weight; -1 = never weighted), d[N] float32 (last meta gradient g_i, before clipp
 Per training batch (Algorithm 1 of the paper, one meta step):
   1. one forward on the noisy batch, ce_i = CE(f(x_i; w), y_i);
   2. eps = 0; w_hat = w - lr * (grad_w sum_i eps_i ce_i + wd * w), kept in the graph
-     (training/methods/lookahead.py, the optimiser's current lr and weight decay, no momentum);
+     (training/methods/common/lookahead.py, the optimiser's current lr and weight decay, no momentum);
   3. one clean batch (the clean meta subset's stream), L_clean(w_hat); g_i = -dL_clean/d eps_i;
   4. weights = max(g, 0) / sum max(g, 0); if all are zero the step is SKIPPED: no optimiser step,
      the trainer sees loss 0 for that batch (the batch still counts in its accuracy tally), and
@@ -19,8 +19,8 @@ same gradients and updates BatchNorm running statistics once per batch, like eve
 Processes: single-process only. Under DDP the look-ahead would differentiate the local replica's
 unreduced gradients (each process would reweight against its own clean batch with its own look-ahead),
 which is not the single-process algorithm; rather than train on something else silently the method
-refuses at its first step with several processes (a ConfigError naming the limitation, see
-`_check_setup`; run.py prints it and exits with status 2).
+refuses at the start of its first epoch with several processes (a ConfigError naming the limitation,
+from `on_epoch_start`; run.py prints it and exits with status 2).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.batch import Batch
 from state.spec import ArraySpec
-from training.methods.base import DataNeeds, Method, StepOutput
-from training.methods.lookahead import current_lr_wd
-from training.methods.reweighting import (check_lookahead_setup, l2rw_meta_gradient, l2rw_weights,
-                                          weight_diagnostics)
+from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
+from training.methods.common.lookahead import current_lr_wd
+from training.methods.common.reweighting import (check_lookahead_setup, l2rw_meta_gradient, l2rw_weights,
+                                                 weight_diagnostics)
 
 log = logging.getLogger(__name__)
 
@@ -54,52 +54,44 @@ class L2RW(Method):
     name = "l2rw"
     Config = L2RWConfig
     needs = DataNeeds(clean_subset=True)
-    custom_step = True
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self._skipped = 0  # batches of this epoch whose weights were all zero
-        self._checked = False
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(WEIGHT, (), "float32", -1.0), ArraySpec(SCORE, (), "float32", 0.0)]
 
-    def _check_setup(self, accelerator) -> None:
-        check_lookahead_setup(self.name, accelerator)
-        self._checked = True
+    def on_epoch_start(self, run: Run) -> None:
+        check_lookahead_setup(self.name, run.accelerator)
+        self._skipped = 0
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:
-        if not self._checked:
-            self._check_setup(accelerator)
-        model, optimizer = models["model"], optimizers["model"]
-        clean = self.clean.next_batch()
-        clean_labels = self.clean.labels[clean.idx]  # (Bv,) int64 clean labels
-        lr, wd = current_lr_wd(optimizer)
-        with accelerator.autocast():
-            logits = model(batch.images)  # (B, K)
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        clean = run.clean.next_batch()
+        clean_labels = run.clean.labels[clean.idx]  # (Bv,) int64 clean labels
+        lr, wd = current_lr_wd(run.optimizers["model"])
+        with run.accelerator.autocast():
+            logits = run.models["model"](batch.images)  # (B, K)
             ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-            g = l2rw_meta_gradient(accelerator.unwrap_model(model), ce, clean.images, clean_labels, lr, wd)  # (B,)
+            g = l2rw_meta_gradient(run.unwrap(), ce, clean.images, clean_labels, lr, wd)  # (B,)
         weights = l2rw_weights(g)
         n = ce.shape[0]
         if weights is None:
             self._skipped += 1
-            log.debug("l2rw: every weight of a batch is zero (epoch %d); step skipped", epoch + 1)
+            log.debug("l2rw: every weight of a batch is zero (epoch %d); step skipped", run.epoch + 1)
             weights = torch.zeros_like(g)
             loss = torch.zeros((), device=ce.device)
         else:
             loss = (weights * ce).sum()
-            accelerator.backward(loss)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            run.update(loss)
         relative = weights * n  # (B,) 1 = uniform weight
-        self.store.set(WEIGHT, batch.idx, relative)
-        self.store.set(SCORE, batch.idx, g)
+        run.store.set(WEIGHT, batch.idx, relative)
+        run.store.set(SCORE, batch.idx, g)
         terms = {"loss": loss.detach(), "ce": ce.mean().detach()}
         return StepOutput(terms=terms, logits=logits.detach())
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        row = {"l2rw_skipped_steps": float(self._skipped)}
-        self._skipped = 0
-        row.update(weight_diagnostics(self.store[WEIGHT], self.ctx.noisy_labels.cpu().numpy(),
-                                      self.clean.labels.cpu().numpy()))
-        return row
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        metrics = {"l2rw_skipped_steps": float(self._skipped)}
+        metrics.update(weight_diagnostics(run.store[WEIGHT], self.ctx.noisy_labels.cpu().numpy(),
+                                          run.clean.labels.cpu().numpy()))
+        return EpochReport(metrics=metrics)

@@ -1,6 +1,6 @@
 """MLC, Meta Label Correction (Zheng et al., AAAI 2021), the one-step look-ahead baseline of EBOMLC
 (Nguyen and Ta 2026, Sec. III), as the official `step_hmlc_K` with `hmlc_K_mix` runs it.
-State: none per sample; meta model g_a (training/methods/meta_label.py).
+State: none per sample; meta model g_a (training/methods/common/meta_label.py).
 
 Per step, on a noisy batch (x', y~') and a clean batch split in halves (x_c, y_c) and (x_c2, y_c2):
   1. L_s(w, a) = (B soft-CE(f_w(x'), g_a(h(x'), y~')) + B_c2 CE(f_w(x_c2), y_c2)) / (B + B_c2)
@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.methods.base import StepOutput
-from training.methods.lookahead import forward_with
-from training.methods.meta_label import (InnerSGD, MetaLabelConfig, MetaLabelMethod, at_least_float32, flat,
-                                         lower_loss, named_trainable, trainable)
+from pipeline.batch import Batch
+from training.methods.base import Run, StepOutput
+from training.methods.common.lookahead import forward_with
+from training.methods.common.meta_label import (META, InnerSGD, MetaLabelConfig, MetaLabelMethod, at_least_float32,
+                                                flat, lower_loss, named_trainable, trainable)
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +85,24 @@ class MLC(MetaLabelMethod):
     name = "mlc"
     Config = MLCConfig
 
-    def train_step(self, batch, labels, models, optimizers, accelerator, epoch) -> StepOutput:
-        model, meta, scale = self._setup(models, accelerator)
-        if accelerator.num_processes > 1 and not getattr(self, "_warned_ddp", False):
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self._warned_ddp = False
+
+    def on_epoch_start(self, run: Run) -> None:
+        if run.accelerator.num_processes > 1 and not self._warned_ddp:
             log.warning("mlc with %d processes: each process looks ahead on its own batch and the per-process "
                         "meta gradients are averaged (not the hypergradient of the joint batch)",
-                        accelerator.num_processes)
+                        run.accelerator.num_processes)
             self._warned_ddp = True
-        clean_images, clean_labels, mix = self._clean_batch()
+
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        model, meta = run.unwrap("model"), run.unwrap(META)
+        clean_images, clean_labels, mix = self._clean_batch(run)
         g = mlc_gradients(model, meta, batch.images, labels, clean_images, clean_labels,
-                          inner=InnerSGD.of(optimizers["model"], model), mix=mix, autocast=accelerator.autocast,
-                          scale=scale)
-        reduce = self._reduce_fn(accelerator)
-        self._apply(model, meta, reduce(g.w), reduce(g.a), optimizers)
-        self._record(batch, labels, g.corrected, g.upper, g.lower)
+                          inner=InnerSGD.of(run.optimizers["model"], model), mix=mix,
+                          autocast=run.accelerator.autocast, scale=self._loss_scale(run))
+        reduce = self._reduce_fn(run)
+        self._apply(run, reduce(g.w), reduce(g.a))
+        self._record(run, batch, labels, g.corrected, g.upper, g.lower)
         return StepOutput(terms={"loss": g.lower, "upper": g.upper}, logits=g.logits)

@@ -7,7 +7,7 @@ its weight.
 Per training batch (the paper's Algorithm 1, one meta step):
   1. one forward on the noisy batch, l_i = CE(f(x_i; w), y_i);
   2. w_hat(Theta) = w - lr (grad_w mean_i V(sg(l_i); Theta) l_i + wd w), kept in the graph (the shared
-     look-ahead of training/methods/lookahead.py, at the optimiser's current lr and weight decay, no
+     look-ahead of training/methods/common/lookahead.py, at the optimiser's current lr and weight decay, no
      momentum, as for L2RW; the authors' code leaves weight decay out of its look-ahead);
   3. one clean batch, L_clean(w_hat(Theta)); Adam step on Theta with d L_clean / d Theta;
   4. SGD step of w on mean_i V(sg(l_i); Theta_new) l_i, the weights detached (same forward as step 1).
@@ -17,7 +17,7 @@ weight decay 1e-4, as in the authors' noisy-label script (MW-Net.py).
 
 Processes: single-process only, for L2RW's reason (training/methods/l2rw.py): under DDP the look-ahead
 would differentiate each process's unreduced gradient against its own clean batch. The method refuses
-several processes and fp16 at its first step with a ConfigError that names the alternative.
+several processes and fp16 at the start of its first epoch with a ConfigError that names the alternative.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from torch import nn
 
 from pipeline.batch import Batch
 from state.spec import ArraySpec
-from training.methods.base import DataNeeds, Method, StepOutput
-from training.methods.lookahead import current_lr_wd, forward_with, lookahead
-from training.methods.reweighting import check_lookahead_setup, weight_diagnostics
+from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
+from training.methods.common.lookahead import current_lr_wd, forward_with, lookahead
+from training.methods.common.reweighting import check_lookahead_setup, weight_diagnostics
 
 WEIGHT = "weight"
 WEIGHT_NET = "weight_net"  # the weighting MLP (and its optimiser) in the trainer's dicts
@@ -72,12 +72,7 @@ class MWNet(Method):
     name = "mwnet"
     Config = MWNetConfig
     needs = DataNeeds(clean_subset=True)
-    custom_step = True
     unscheduled = (WEIGHT_NET,)
-
-    def __init__(self, config, ctx):
-        super().__init__(config, ctx)
-        self._checked = False
 
     def state_arrays(self) -> list[ArraySpec]:
         return [ArraySpec(WEIGHT, (), "float32", -1.0)]
@@ -90,36 +85,28 @@ class MWNet(Method):
                 WEIGHT_NET: torch.optim.Adam(models[WEIGHT_NET].parameters(), lr=self.config.meta_lr,
                                              weight_decay=self.config.meta_weight_decay)}
 
-    def _check_setup(self, accelerator) -> None:
-        check_lookahead_setup(self.name, accelerator)
-        self._checked = True
+    def on_epoch_start(self, run: Run) -> None:
+        check_lookahead_setup(self.name, run.accelerator)
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, models, optimizers, accelerator, epoch: int) -> StepOutput:
-        if not self._checked:
-            self._check_setup(accelerator)
-        model, optimizer = models["model"], optimizers["model"]
-        weight_net, meta_optimizer = accelerator.unwrap_model(models[WEIGHT_NET]), optimizers[WEIGHT_NET]
-        clean = self.clean.next_batch()
-        clean_labels = self.clean.labels[clean.idx]  # (Bv,) int64 clean labels
-        lr, wd = current_lr_wd(optimizer)
-        with accelerator.autocast():
-            logits = model(batch.images)  # (B, K)
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        weight_net = run.unwrap(WEIGHT_NET)
+        clean = run.clean.next_batch()
+        clean_labels = run.clean.labels[clean.idx]  # (Bv,) int64 clean labels
+        lr, wd = current_lr_wd(run.optimizers["model"])
+        with run.accelerator.autocast():
+            logits = run.models["model"](batch.images)  # (B, K)
             ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-            grads = mwnet_meta_gradient(accelerator.unwrap_model(model), weight_net, ce, clean.images, clean_labels,
-                                        lr, wd)
+            grads = mwnet_meta_gradient(run.unwrap(), weight_net, ce, clean.images, clean_labels, lr, wd)
         for param, grad in zip(weight_net.parameters(), grads):
             param.grad = grad
-        meta_optimizer.step()
-        meta_optimizer.zero_grad(set_to_none=True)
+        run.step((WEIGHT_NET,))
         with torch.no_grad():
             weights = weight_net(ce.detach())  # (B,) from the updated MLP
         loss = (weights * ce).mean()
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        self.store.set(WEIGHT, batch.idx, weights)
+        run.update(loss)
+        run.store.set(WEIGHT, batch.idx, weights)
         return StepOutput(terms={"loss": loss.detach(), "ce": ce.mean().detach()}, logits=logits.detach())
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        return weight_diagnostics(self.store[WEIGHT], self.ctx.noisy_labels.cpu().numpy(),
-                                  self.clean.labels.cpu().numpy())
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        return EpochReport(metrics=weight_diagnostics(run.store[WEIGHT], self.ctx.noisy_labels.cpu().numpy(),
+                                                      run.clean.labels.cpu().numpy()))

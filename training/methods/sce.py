@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.batch import Batch
-from training.methods.base import Method
+from training.methods.base import Method, Run
 
 
 class SCEConfig(BaseModel):
@@ -41,7 +41,7 @@ class SCE(Method):
     name = "sce"
     Config = SCEConfig
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         logits = logits.float()  # (B, K)
         ce = F.cross_entropy(logits, labels)
         rce = reverse_cross_entropy(logits, labels, self.config.log_zero)

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import auroc
-from training.methods.base import Method
+from training.methods.base import EpochReport, Method, Run
 
 U = "u"
 V = "v"
@@ -77,26 +77,26 @@ class SOP(Method):
         scale = self.config.init_scale
         return [ArraySpec(U, (), "float32", scale), ArraySpec(V, (self.ctx.num_classes,), "float32", scale)]
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
         logits = logits.float()  # (B, K); u, v and the losses stay in float32 under mixed precision
-        device = logits.device
-        u = torch.from_numpy(self.store.gather(U, batch.idx)).to(device).requires_grad_(True)  # (B,)
-        v = torch.from_numpy(self.store.gather(V, batch.idx)).to(device).requires_grad_(True)  # (B, K)
+        device, store = logits.device, run.store
+        u = torch.from_numpy(store.gather(U, batch.idx)).to(device).requires_grad_(True)  # (B,)
+        v = torch.from_numpy(store.gather(V, batch.idx)).to(device).requires_grad_(True)  # (B, K)
         onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         ce, mse = sop_losses(logits, onehot, u, v)
         total = ce + mse  # one loss as in the paper: each variable only sees its own term (stop-gradients)
         grad_u, grad_v = torch.autograd.grad(total, (u, v), retain_graph=True)
-        self.store.add(U, batch.idx, -self.config.lr_u * grad_u)
-        self.store.add(V, batch.idx, -self.config.lr_v * grad_v)
+        store.add(U, batch.idx, -self.config.lr_u * grad_u)
+        store.add(V, batch.idx, -self.config.lr_v * grad_v)
         return {"loss": total, "ce": ce.detach(), "mse": mse.detach()}
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+    def on_epoch_end(self, run: Run) -> EpochReport:
         """How well u^2 (capped at 1, as in the loss) separates wrong labels from right ones."""
         if self.ctx.clean_labels is None:
-            return {}
+            return EpochReport()
         clean = self.ctx.clean_labels.cpu().numpy()
         known = clean >= 0
-        u2 = np.minimum(self.store[U].astype(np.float64) ** 2, 1.0)[known]
+        u2 = np.minimum(run.store[U].astype(np.float64) ** 2, 1.0)[known]
         wrong = (self.ctx.noisy_labels.cpu().numpy() != clean)[known]
         out = {}
         if (~wrong).any():
@@ -105,4 +105,4 @@ class SOP(Method):
             out["sop_u2_wrong"] = float(u2[wrong].mean())
         if wrong.any() and (~wrong).any():
             out["sop_u2_auroc"] = auroc(u2, wrong)
-        return out
+        return EpochReport(metrics=out)

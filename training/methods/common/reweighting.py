@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from training.evaluation import auroc
-from training.methods.lookahead import forward_with, lookahead
+from training.methods.common.lookahead import forward_with, lookahead
 
 # ------------------------------------------------------------------ surrogate: clean-feature statistics
 
@@ -141,7 +141,7 @@ def check_lookahead_setup(method: str, accelerator) -> None:
 def l2rw_meta_gradient(model: nn.Module, ce: torch.Tensor, clean_images: torch.Tensor, clean_labels: torch.Tensor,
                        lr: float, weight_decay: float = 0.0) -> torch.Tensor:
     """g_i = -d L_clean(w_hat(eps)) / d eps_i at eps = 0, where w_hat = w - lr * grad_w(sum_i eps_i ce_i)
-    (one differentiable SGD step, training/methods/lookahead.py) and ce (B,) are the per-sample losses of
+    (one differentiable SGD step, training/methods/common/lookahead.py) and ce (B,) are the per-sample losses of
     the model's forward on the noisy batch (graph kept: the caller may still backpropagate through ce).
     Positive g_i: up-weighting sample i would lower the clean loss."""
     eps = torch.zeros_like(ce, requires_grad=True)  # (B,)

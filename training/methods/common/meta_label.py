@@ -9,9 +9,8 @@ label from the main model's own detached penultimate features:
 
     lower loss G(w, a) = mean over D' of soft-CE(f_w(x'), g_a(h(x'), y~'))     (paper Eq. 3)
     upper loss F(w)    = mean over D  of CE(f_w(x_c), y_c)                       (paper Eq. 2)
-    mixture F(w, a)    = mean over D  of CE(rho f_w(x_c) + (1 - rho) g_a(h(x_c), y_c), y_c)
-                         (paper Eq. 9 as the authors' code computes it: logits plus g's probabilities;
-                         `upper_mix: probs` is the first reading, -log(rho p_f[y] + (1 - rho) p_g[y]))
+
+(EBOMLC replaces F by a mixture of f and g, Eq. 9: ebomlc.py.)
 
 With `clean_in_lower` the clean batch is split in two halves, as the official MLC does
 (`hmlc_K_mix`): the first half gives F, the second is mixed into G by count,
@@ -20,10 +19,10 @@ BatchNorm sees the noisy and the clean images as separate batches, as in the aut
 
 MLC differentiates F through a one-step look-ahead (mlc.py). MLC-D and EBOMLC use the dynamic
 barrier (BOME) with Q(w, a) = G(w, a) - G(w_hat, a), w_hat = k SGD steps on G from w (k = 1 for
-EBOMLC); `barrier_direction` gives their update direction (Eq. 6-7, 11-14). Every inner step (MLC's
-look-ahead, the barrier methods' w_hat) is the main optimiser's own SGD step (`InnerSGD`: its lr,
-weight decay, momentum and Nesterov setting, its momentum buffer read but not updated), as the
-authors' `update_params` does.
+EBOMLC); `barrier_direction` gives their update direction (Eq. 6-7, 11-14) for the upper loss each
+passes (mlc_d.py, ebomlc.py). Every inner step (MLC's look-ahead, the barrier methods' w_hat) is the
+main optimiser's own SGD step (`InnerSGD`: its lr, weight decay, momentum and Nesterov setting, its
+momentum buffer read but not updated), as the authors' `update_params` does.
 
 Gradients are taken with torch.autograd.grad and written into .grad by hand, so this module owns
 three details the standard step leaves to Accelerate:
@@ -48,21 +47,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
-
-from pipeline.errors import ConfigError
 from torch import nn
 
 from pipeline.batch import Batch
-from training.methods.base import DataNeeds, Method, StepOutput
-from training.methods.lookahead import forward_with
-from training.plots import confusion_heatmap, save_figure
+from pipeline.errors import ConfigError
+from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
+from training.methods.common.lookahead import forward_with
+from training.plots import confusion_heatmap
 
 log = logging.getLogger(__name__)
 
@@ -145,31 +143,6 @@ def lower_loss(logits: torch.Tensor, target: torch.Tensor, mix_logits: torch.Ten
         return loss
     b, bm = len(logits), len(mix_logits)
     return (b * loss + bm * F.cross_entropy(at_least_float32(mix_logits), mix_labels)) / (b + bm)
-
-
-def mixture_ce(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
-    """EBOMLC's upper loss as the authors compute it: mean CE(rho f + (1 - rho) softmax(g), y), float32.
-
-    The main model's logits are mixed with g's probabilities, so g adds at most 1 - rho to one
-    logit: grad_w F is rho times the CE gradient at rho f (the paper's "proportional to rho"), and
-    g copying the input label is a shallow gain that fades once f fits the clean batch. rho = 1
-    gives plain cross-entropy (g in the graph with zero gradient)."""
-    mixed = rho * at_least_float32(main_logits) + (1.0 - rho) * F.softmax(at_least_float32(meta_logits), dim=1)
-    return F.cross_entropy(mixed, labels)
-
-
-def mixture_nll(main_logits: torch.Tensor, meta_logits: torch.Tensor, labels: torch.Tensor, rho: float) -> torch.Tensor:
-    """`upper_mix: probs`, the first reading of Eq. 9: mean -log(rho softmax(f)[y] + (1 - rho) softmax(g)[y]).
-    Probabilities are mixed, then logged; done as a logsumexp of log-probabilities so it stays finite
-    when either probability underflows. Here g copying the label is a deep, permanent minimum.
-    rho = 1 gives plain cross-entropy exactly (log 0 = -inf adds nothing). rho in (0, 1]."""
-    log_pf = F.log_softmax(at_least_float32(main_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
-    log_pg = F.log_softmax(at_least_float32(meta_logits), dim=1).gather(1, labels[:, None]).squeeze(1)  # (B,)
-    weights = torch.log(torch.tensor([rho, 1.0 - rho], device=log_pf.device))
-    return -torch.logsumexp(torch.stack([log_pf, log_pg], dim=1) + weights, dim=1).mean()
-
-
-UPPER_MIX = {"logits": mixture_ce, "probs": mixture_nll}
 
 
 def dynamic_barrier(dot_fq_w: torch.Tensor, q_norm2: torch.Tensor, delta: float, eps: float) -> torch.Tensor:
@@ -287,12 +260,17 @@ def identity(vector: torch.Tensor) -> torch.Tensor:
     return vector
 
 
+#: (main logits (Bc, C), meta logits (Bc, C), clean labels (Bc,)) -> scalar upper loss F(w, a) in float32
+UpperLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def barrier_direction(model: nn.Module, meta: nn.Module, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor,
-                      y_clean: torch.Tensor, *, inner: InnerSGD, config: BarrierConfig, rho: float | None,
-                      xi: float, upper_mix: str = "logits", mix: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      y_clean: torch.Tensor, *, inner: InnerSGD, config: BarrierConfig, xi: float,
+                      upper_loss: UpperLoss | None = None, mix: tuple[torch.Tensor, torch.Tensor] | None = None,
                       autocast=contextlib.nullcontext, reduce=identity, scale: float = 1.0) -> Direction:
-    """One MLC-D (rho None: upper loss = CE, grad_a F = 0; Alg. 1) or EBOMLC (rho: mixture upper
-    loss `upper_mix`; Alg. 2) step direction:  lambda = grad F + xi * beta * grad Q  over (w, a).
+    """One dynamic-barrier step direction  lambda = grad F + xi * beta * grad Q  over (w, a): F is CE on
+    the clean batch with grad_a F = 0 when `upper_loss` is None (MLC-D, Alg. 1), else
+    upper_loss(f_w(x_c), g_a(h(x_c), y_c), y_c), differentiated in w and a (EBOMLC's mixture, Alg. 2).
 
     x (B, ...), y (B,) the noisy batch and its given labels; x_clean, y_clean the clean batch for F;
     mix (x_c2, y_c2) a clean half-batch mixed into G, or None. `inner` is the main optimiser's SGD
@@ -346,13 +324,13 @@ def barrier_direction(model: nn.Module, meta: nn.Module, x: torch.Tensor, y: tor
     with autocast():
         feats_c = model.features(x_clean)
         logits_c = model.fc(feats_c)
-        meta_logits_c = meta(feats_c.detach(), y_clean) if rho is not None else None
-    if rho is None:
+        meta_logits_c = meta(feats_c.detach(), y_clean) if upper_loss is not None else None
+    if upper_loss is None:
         upper = F.cross_entropy(at_least_float32(logits_c), y_clean)
         f_w = grads_of(upper, w_params, scale)  # main backward
         f_a = torch.zeros_like(q_a)
     else:
-        upper = UPPER_MIX[upper_mix](logits_c, meta_logits_c, y_clean, rho)
+        upper = upper_loss(logits_c, meta_logits_c, y_clean)
         f = grads_of(upper, w_params + a_params, scale)  # main backward (and the meta model)
         f_w, f_a = f[:len(g0_w)], f[len(g0_w):]
     f_w, f_a = reduce(f_w), reduce(f_a)
@@ -428,18 +406,14 @@ class EpochDiagnostics:
 
 class MetaLabelMethod(Method):
     """Main model + meta model (Adam with amsgrad, constant lr, as official MLC) + clean subset;
-    subclasses implement `train_step`."""
+    subclasses implement `train_step` with the helpers below."""
 
     needs: ClassVar[DataNeeds] = DataNeeds(clean_subset=True)
-    custom_step: ClassVar[bool] = True
     unscheduled: ClassVar[tuple[str, ...]] = (META,)
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self.diag = EpochDiagnostics()
-        self._accelerator = None
-        self._models: dict[str, nn.Module] = {}
-        self._warned_fp16 = False
 
     def build_models(self) -> dict[str, nn.Module]:
         model = self.ctx.build_model()
@@ -455,19 +429,15 @@ class MetaLabelMethod(Method):
 
     # -- helpers for train_step
 
-    def _setup(self, models, accelerator) -> tuple[nn.Module, nn.Module, float]:
-        """Unwrapped (main, meta) models and the loss scale; remembers them for on_epoch_end."""
-        self._accelerator, self._models = accelerator, models
-        scale = 1.0
-        if getattr(accelerator, "mixed_precision", "no") == "fp16":
-            scale = self.config.fp16_loss_scale
-        return accelerator.unwrap_model(models["model"]), accelerator.unwrap_model(models[META]), scale
+    def _loss_scale(self, run: Run) -> float:
+        """The static loss scale under mixed_precision=fp16, else 1."""
+        return self.config.fp16_loss_scale if run.accelerator.mixed_precision == "fp16" else 1.0
 
-    def _clean_batch(self) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _clean_batch(self, run: Run) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """(images, labels) of the clean batch for the upper loss and, with clean_in_lower, the
         (images, labels) half-batch mixed into the lower loss (official MLC: first half F, second G)."""
-        batch = self.clean.next_batch()
-        images, labels = batch.images, self.clean.labels[batch.idx]  # (Bc, ...), (Bc,) int64 clean labels
+        batch = run.clean.next_batch()
+        images, labels = batch.images, run.clean.labels[batch.idx]  # (Bc, ...), (Bc,) int64 clean labels
         if not self.config.clean_in_lower:
             return images, labels, None
         half = len(labels) // 2
@@ -477,16 +447,19 @@ class MetaLabelMethod(Method):
         return images[:half], labels[:half], (images[half:], labels[half:])
 
     @staticmethod
-    def _reduce_fn(accelerator):
-        if accelerator.num_processes == 1:
+    def _reduce_fn(run: Run) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Mean of a flat gradient over processes (identity in one process)."""
+        acc = run.accelerator
+        if acc.num_processes == 1:
             return identity
-        return lambda v: accelerator.reduce(v, reduction="mean")
+        return lambda v: acc.reduce(v, reduction="mean")
 
-    def _apply(self, model: nn.Module, meta: nn.Module, grad_w: torch.Tensor, grad_a: torch.Tensor,
-               optimizers: dict[str, torch.optim.Optimizer], start: dict[str, torch.Tensor] | None = None) -> bool:
+    def _apply(self, run: Run, grad_w: torch.Tensor, grad_a: torch.Tensor,
+               start: dict[str, torch.Tensor] | None = None) -> bool:
         """Writes the finished gradients and steps both optimisers, the main one from `start` (name ->
         weights the main model moves to first) when given; skips the step (and counts it) when a
         gradient is not finite. Returns whether the step was taken."""
+        model, meta = run.unwrap("model"), run.unwrap(META)
         ok = bool(torch.isfinite(grad_w).all() and torch.isfinite(grad_a).all())
         if ok:
             if start is not None:
@@ -496,7 +469,7 @@ class MetaLabelMethod(Method):
             write_grads(trainable(model), grad_w)
             write_grads(trainable(meta), grad_a)
             for name in ("model", META):
-                opt = optimizers[name]
+                opt = run.optimizers[name]
                 # Accelerate's fp16 GradScaler would unscale these finished gradients a second time
                 (opt.optimizer if getattr(opt, "scaler", None) is not None else opt).step()
         else:
@@ -504,84 +477,70 @@ class MetaLabelMethod(Method):
             log.warning("%s: non-finite gradient, step skipped (under fp16 lower method.params.fp16_loss_scale)",
                         self.name)
         for name in ("model", META):
-            optimizers[name].zero_grad(set_to_none=True)
+            run.optimizers[name].zero_grad(set_to_none=True)
         return ok
 
-    def _record(self, batch: Batch, labels: torch.Tensor, corrected: torch.Tensor, upper: torch.Tensor,
+    def _record(self, run: Run, batch: Batch, labels: torch.Tensor, corrected: torch.Tensor, upper: torch.Tensor,
                 lower: torch.Tensor) -> None:
         self.diag.add("steps", torch.ones((), device=upper.device))
         self.diag.add("upper", upper)
         self.diag.add("lower", lower)
-        self.diag.add_labels(corrected, labels, self.clean.labels[batch.idx])
+        self.diag.add_labels(corrected, labels, run.clean.labels[batch.idx])
 
     # -- epoch hook
 
-    def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        acc = self._accelerator
-        if acc is None:
-            return {}
+    def on_epoch_end(self, run: Run) -> EpochReport:
+        """The epoch's diagnostics summed over processes, and corrected_vs_true.npy and .png: (C, C)
+        counts of this epoch, rows the true (clean) class, columns g's argmax on the noisy training
+        batches (replaced each epoch, so the run's end leaves the last epoch's heatmap)."""
+        acc = run.accelerator
         reduce_sum = identity if acc.num_processes == 1 else (lambda v: acc.reduce(v, reduction="sum"))
-        out = self.diag.summary(reduce_sum)
+        report = EpochReport(metrics=self.diag.summary(reduce_sum))
         if "confusion" in self.diag.sums:
             confusion = reduce_sum(self.diag.sums["confusion"]).cpu().numpy().astype(np.int64)
-            if self.ctx.is_main_process:
-                self._write_confusion(confusion)
+            report.arrays["corrected_vs_true.npy"] = confusion
+            report.figures["corrected_vs_true.png"] = self._confusion_figure(confusion)
         if acc.num_processes > 1:
-            self._average_buffers()
+            self._average_buffers(run)
         self.diag = EpochDiagnostics()
-        return out
+        return report
 
-    def _write_confusion(self, confusion: np.ndarray) -> None:
-        """<run>/method/corrected_vs_true.npy and .png: (C, C) counts of this epoch, rows the true
-        (clean) class, columns g's argmax on the noisy training batches; overwritten each epoch, so
-        the run's end leaves the last epoch's heatmap."""
-        out_dir = Path(self.ctx.out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / "corrected_vs_true.tmp.npy"
-        np.save(tmp, confusion)
-        tmp.replace(out_dir / "corrected_vs_true.npy")
+    def _confusion_figure(self, confusion: np.ndarray) -> Figure:
         accuracy = np.trace(confusion) / max(int(confusion.sum()), 1)
-        fig = confusion_heatmap(confusion, self.ctx.class_names,
-                                f"{self.name}: meta model's corrected label vs true label ({accuracy:.1%} right)",
-                                xlabel="corrected label (argmax of g)", ylabel="true label")
-        save_figure(fig, out_dir / "corrected_vs_true.png")
+        return confusion_heatmap(confusion, self.ctx.class_names,
+                                 f"{self.name}: meta model's corrected label vs true label ({accuracy:.1%} right)",
+                                 xlabel="corrected label (argmax of g)", ylabel="true label")
 
-    def _average_buffers(self) -> None:
+    @staticmethod
+    def _average_buffers(run: Run) -> None:
         """Models run unwrapped, so DDP does not broadcast BatchNorm statistics; average them instead
         so every process evaluates the same model."""
-        acc = self._accelerator
-        for model in self._models.values():
-            for buf in acc.unwrap_model(model).buffers():
+        for name in run.models:
+            for buf in run.unwrap(name).buffers():
                 if buf.is_floating_point():
-                    buf.copy_(acc.reduce(buf.detach().clone(), reduction="mean"))
-
-
-@dataclass(frozen=True)
-class BarrierForm:
-    """What sets EBOMLC's step apart from MLC-D's in barrier_direction and train_step."""
-
-    rho: float | None  # mixture weight of the upper loss; None: plain CE (MLC-D)
-    xi: float  # scale of the barrier term
-    upper_mix: str = "logits"  # key of UPPER_MIX
-    main_lower_step: bool = False  # the main model moves to w_hat before its barrier step
+                    buf.copy_(run.accelerator.reduce(buf.detach().clone(), reduction="mean"))
 
 
 class BarrierMethod(MetaLabelMethod):
-    """MLC-D and EBOMLC: the dynamic-barrier step in the form the subclass gives."""
+    """MLC-D and EBOMLC: one step per batch along the dynamic-barrier direction the subclass computes."""
 
-    def _form(self) -> BarrierForm:
+    def _direction(self, model: nn.Module, meta: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   x_clean: torch.Tensor, y_clean: torch.Tensor, **step) -> Direction:
+        """barrier_direction with the method's upper loss and xi (step: inner, mix, autocast, reduce, scale)."""
         raise NotImplementedError
 
-    def train_step(self, batch, labels, models, optimizers, accelerator, epoch) -> StepOutput:
-        model, meta, scale = self._setup(models, accelerator)
-        clean_images, clean_labels, mix = self._clean_batch()
-        form = self._form()
-        d = barrier_direction(model, meta, batch.images, labels, clean_images, clean_labels,
-                              inner=InnerSGD.of(optimizers["model"], model), config=self.config, rho=form.rho,
-                              xi=form.xi, upper_mix=form.upper_mix, mix=mix, autocast=accelerator.autocast,
-                              reduce=self._reduce_fn(accelerator), scale=scale)
-        self._apply(model, meta, d.w, d.a, optimizers, start=d.w_hat if form.main_lower_step else None)
-        self._record(batch, labels, d.corrected, d.upper, d.lower)
+    def _start(self, d: Direction) -> dict[str, torch.Tensor] | None:
+        """Weights the main model moves to before its barrier step; None: it steps from w."""
+        return None
+
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        model, meta = run.unwrap("model"), run.unwrap(META)
+        clean_images, clean_labels, mix = self._clean_batch(run)
+        d = self._direction(model, meta, batch.images, labels, clean_images, clean_labels,
+                            inner=InnerSGD.of(run.optimizers["model"], model), mix=mix,
+                            autocast=run.accelerator.autocast, reduce=self._reduce_fn(run), scale=self._loss_scale(run))
+        self._apply(run, d.w, d.a, start=self._start(d))
+        self._record(run, batch, labels, d.corrected, d.upper, d.lower)
         self.diag.add("q", d.q)
         self.diag.betas.append(d.beta)
         return StepOutput(terms={"loss": d.lower, "upper": d.upper, "beta": d.beta, "q": d.q}, logits=d.logits)
