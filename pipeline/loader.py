@@ -16,6 +16,8 @@ Per-epoch subsets: make_loader(..., sampling=BalancedEpochs(labels, samples, K))
 only) trains each epoch on a fresh class-balanced random subset of `samples` idx (the Clothing1M
 recipes' "2,000 batches of 64"), drawn by pipeline/sampling.py from (seed, epoch) in every process
 alike, each process taking its own block; the stream modes read those samples by idx.
+sampling=SelectedEpochs(N, exclude) instead trains each epoch on the samples the method selected for it
+(Method.select), in epochs of fixed length.
 
 Every loader yields Batch objects and gives the same number of steps in every process, by the
 epoch plan of pipeline/epochs.py; pipeline/split_loader.py says which samples each mode reads and
@@ -37,7 +39,7 @@ import torch
 from pipeline.batch import Batch
 from pipeline.cache_loader import CacheLoader
 from pipeline.dataset import Dataset, DatasetError
-from pipeline.sampling import BalancedEpochs
+from pipeline.sampling import EpochSampling
 from pipeline.transforms import TransformConfig, check_views
 from pipeline.webdataset_loader import WebDatasetLoader
 
@@ -112,7 +114,7 @@ def make_loader(
     exclude: np.ndarray | None = None,  # bool (N,), True = leave this idx out (e.g. the clean meta subset)
     num_threads: int = 2,  # decoding threads (stream) / shard reading threads (cache)
     views: tuple[str, ...] = (),  # extra augmented views per batch: () or names from VIEW_NAMES; train only
-    sampling: BalancedEpochs | None = None,  # a class-balanced random subset per epoch; train only
+    sampling: EpochSampling | None = None,  # a per-epoch subset (class-balanced, or the method's); train only
     mmap: bool = True,  # stream mode with DALI: memory-map the tars (False: plain reads, see BENCHMARKS.md)
 ) -> Loader:
     """Builds the loader of one split for this process; see the module docstring for the split rule."""

@@ -131,3 +131,57 @@ class BalancedEpochs:
                                      batch_size=batch_size, process_index=process_index,
                                      num_processes=num_processes, num_classes=self.num_classes)
         return kept[local]
+
+
+_SELECTION_STREAM = zlib.crc32(b"method-selection-epoch")
+
+
+class SelectedEpochs:
+    """A loader's per-epoch subset chosen by the method (Method.select, DataNeeds(select=True)).
+
+    An epoch keeps the length of an unselected one, ceil(M / batch_size) full batches over all processes
+    (M = kept samples), so the learning-rate schedule and every process's step count stay fixed; the
+    selected idx fill it in fresh permutations, repeated when fewer than the epoch's samples are
+    selected. With no selection (None, e.g. during a warm-up) an epoch is every kept idx, shuffled.
+    The selection must be the same on every process; each process takes its own block."""
+
+    def __init__(self, num_samples: int, exclude: np.ndarray | None = None):
+        """num_samples: N of the split; exclude: bool (N,) idx never drawn (e.g. the clean meta subset)."""
+        self.num_samples = num_samples
+        self.kept = num_samples - (int(exclude.sum()) if exclude is not None else 0)
+        if self.kept < 1:
+            raise ValueError(f"a selection needs at least one training sample, got {self.kept}")
+        self.mask: np.ndarray | None = None  # bool (N,) selected for the coming epoch
+
+    def select(self, mask) -> None:
+        """The method's selection for the coming epoch: bool (N,) (numpy or torch), or None for all."""
+        if mask is not None:
+            mask = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
+            if mask.dtype != np.bool_ or mask.shape != (self.num_samples,):
+                raise ValueError(f"Method.select must return a bool ({self.num_samples},) mask or None, "
+                                 f"got {mask.dtype} {mask.shape}")
+        self.mask = mask
+
+    def steps(self, batch_size: int, num_processes: int) -> int:
+        return -(-(-(-self.kept // batch_size)) // num_processes)
+
+    def check(self, batch_size: int, num_processes: int, exclude: np.ndarray | None) -> None:
+        """Nothing can be too large: a small selection is repeated to fill the epoch."""
+
+    def draw(self, epoch: int, seed: int, batch_size: int, process_index: int, num_processes: int,
+             exclude: np.ndarray | None = None) -> np.ndarray:
+        """This process's idx for `epoch`: int64 (steps * batch_size,), in training order."""
+        allowed = np.ones(self.num_samples, dtype=bool) if exclude is None else ~exclude
+        if self.mask is not None:
+            allowed &= self.mask
+        pool = np.flatnonzero(allowed)
+        if pool.size == 0:
+            raise ValueError(f"Method.select left no training sample for epoch {epoch + 1}")
+        per_process = self.steps(batch_size, num_processes) * batch_size
+        total = per_process * num_processes
+        rng = np.random.default_rng([seed, epoch, _SELECTION_STREAM])
+        order = np.concatenate([rng.permutation(pool) for _ in range(-(-total // pool.size))])[:total]
+        return order[process_index * per_process:(process_index + 1) * per_process].astype(np.int64)
+
+
+EpochSampling = BalancedEpochs | SelectedEpochs  # the per-epoch subset rules a training loader takes

@@ -27,7 +27,7 @@ import torch
 
 from pipeline import transforms as T
 from pipeline.epochs import epoch_order, epoch_plan
-from pipeline.sampling import BalancedEpochs
+from pipeline.sampling import EpochSampling
 
 READ_BY_IDX_UP_TO = 0.5  # stream modes read by idx when the kept samples are at most this fraction of the split
 
@@ -45,7 +45,7 @@ class SplitLoader:
         seed: int = 0,
         num_threads: int = 2,  # decoding threads per process
         views: tuple[str, ...] = (),  # extra training views, e.g. ("weak", "strong")
-        sampling: BalancedEpochs | None = None,  # a class-balanced subset per epoch instead of the whole split
+        sampling: EpochSampling | None = None,  # a per-epoch subset instead of the whole split
     ):
         self.views = T.check_views(views)
         self.batch_size = batch_size

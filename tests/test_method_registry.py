@@ -77,3 +77,30 @@ def test_trainer_hands_epoch_start_an_eval_pass_over_the_training_stream_and_eva
     history = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
     test_labels = Dataset(tiny_dataset).labels("test", "clean")
     assert history[-1]["test_acc"] == pytest.approx(float(np.mean(test_labels == 0)))  # Probe.predict, not the model
+
+
+class Selector(CE):
+    """CE that trains on the even idx from its second epoch, recording the idx of every batch."""
+
+    name = "selector"
+    needs = DataNeeds(select=True)
+    seen: list[list[int]] = []
+
+    def select(self, run: Run):
+        Selector.seen.append([])
+        return None if run.epoch == 0 else torch.arange(self.ctx.num_samples) % 2 == 0
+
+    def loss(self, logits, labels, batch, run):
+        Selector.seen[-1].extend(batch.idx.tolist())
+        return super().loss(logits, labels, batch, run)
+
+
+def test_trainer_trains_each_epoch_on_the_method_selection(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "selector", Selector)
+    monkeypatch.setattr(Selector, "seen", [])
+    assert main(_args(tiny_dataset, tmp_path, "method.name=selector", f"data.clean_subset={TINY_SUBSET}")) == 0
+    kept = np.flatnonzero(~Dataset(tiny_dataset).mask("train", TINY_SUBSET))  # 180 training idx
+    first, second = (np.array(s) for s in Selector.seen)
+    assert len(first) == len(second) == math.ceil(len(kept) / 32) * 32  # the epoch keeps its length
+    assert set(first.tolist()) == set(kept.tolist())
+    assert set(second.tolist()) == set(kept[kept % 2 == 0].tolist())  # only the selection, repeated to fill

@@ -11,7 +11,7 @@ from support.loader_data import build_loader, make_dataset
 from pipeline import transforms as T
 from pipeline.dataset import Dataset, DatasetError
 from pipeline.random_access import ShardRandomAccess
-from pipeline.sampling import BalancedEpochs, balanced_quotas, class_balanced_epoch
+from pipeline.sampling import BalancedEpochs, SelectedEpochs, balanced_quotas, class_balanced_epoch
 from pipeline.shards import read_shard
 
 
@@ -166,3 +166,55 @@ def test_sampling_on_an_evaluation_loader_is_refused(sampled_dataset):
     sampling = BalancedEpochs(sampled_dataset.labels("train", "clean"), samples=50, num_classes=10)
     with pytest.raises(ValueError, match="evaluation reads every sample"):
         build_loader("cache", sampled_dataset, train=False, sampling=sampling)
+
+
+def test_selected_epochs_keep_the_epoch_length_and_draw_only_the_selection():
+    exclude = np.zeros(100, dtype=bool)
+    exclude[:10] = True  # 90 kept: 6 batches of 16
+    rule = SelectedEpochs(100, exclude)
+    everything = rule.draw(0, 0, 16, 0, 1, exclude)
+    assert rule.steps(16, 1) == 6 and everything.shape == (96,)
+    assert set(everything.tolist()) == set(range(10, 100))  # no selection: every kept idx (6 repeated)
+    chosen = np.zeros(100, dtype=bool)
+    chosen[::4] = True  # 25 selected, 3 of them excluded
+    rule.select(torch.from_numpy(chosen))
+    idx = rule.draw(1, 0, 16, 0, 1, exclude)
+    assert idx.shape == (96,) and set(idx.tolist()) == set(np.flatnonzero(chosen & ~exclude).tolist())
+    np.testing.assert_array_equal(np.bincount(idx, minlength=100)[chosen & ~exclude].clip(4, 5),
+                                  np.bincount(idx, minlength=100)[chosen & ~exclude])  # 96 / 22: 4 or 5 each
+    np.testing.assert_array_equal(idx, rule.draw(1, 0, 16, 0, 1, exclude))  # deterministic in (seed, epoch)
+    assert not np.array_equal(idx, rule.draw(2, 0, 16, 0, 1, exclude))
+
+
+def test_selected_epochs_split_one_selection_over_processes():
+    rule = SelectedEpochs(200)
+    chosen = np.arange(200) % 2 == 1
+    rule.select(chosen)
+    parts = [rule.draw(3, 5, 8, r, 2) for r in range(2)]
+    assert rule.steps(8, 2) == 13 and [len(p) for p in parts] == [104, 104]  # 25 batches of 8 over 2 processes
+    assert chosen[np.concatenate(parts)].all()
+
+
+def test_selected_epochs_refuse_a_bad_or_empty_selection():
+    rule = SelectedEpochs(10)
+    with pytest.raises(ValueError, match=r"bool \(10,\) mask"):
+        rule.select(np.ones(9, dtype=bool))
+    with pytest.raises(ValueError, match=r"bool \(10,\) mask"):
+        rule.select(np.ones(10, dtype=np.int64))
+    rule.select(np.zeros(10, dtype=bool))
+    with pytest.raises(ValueError, match="left no training sample for epoch 4"):
+        rule.draw(3, 0, 4, 0, 1)
+
+
+@pytest.mark.parametrize("kind", ["cache", "dali", "webdataset"])
+def test_loaders_train_on_the_method_selection(kind, sampled_dataset):
+    exclude = sampled_dataset.mask("train", "clean-subset-20-s0")
+    rule = SelectedEpochs(203, exclude)
+    loader = build_loader(kind, sampled_dataset, sampling=rule, exclude=exclude, seed=3)
+    assert len(loader) == 12  # 183 kept: 12 full batches of 16, selected or not
+    chosen = np.zeros(203, dtype=bool)
+    chosen[:50] = True
+    rule.select(chosen)
+    idx = torch.cat([b.idx for b in loader]).numpy()
+    assert len(idx) == 192 and chosen[idx].all() and not exclude[idx].any()
+    np.testing.assert_array_equal(idx, rule.draw(0, 3, 16, 0, 1, exclude))  # the draw's order, in every mode

@@ -26,7 +26,7 @@ from pipeline.errors import TrainingDiverged
 from pipeline.locks import FolderLock, FolderLocked
 from pipeline.loader import make_loader
 from pipeline.provenance import code_version
-from pipeline.sampling import BalancedEpochs
+from pipeline.sampling import BalancedEpochs, EpochSampling, SelectedEpochs
 from training.clean_subset import CleanSubset
 from training.run_setup import loader_args, method_context
 from training.config import Config, ConfigError, dump_config
@@ -100,9 +100,8 @@ class Trainer:
         else:
             self.train_mask = self.subset_mask
         self._build_method()
-        sampling = None
-        if config.data.epoch_samples is not None:
-            sampling = BalancedEpochs(self.noisy.cpu().numpy(), config.data.epoch_samples, self.dataset.num_classes)
+        sampling = self._epoch_sampling()
+        self.selection = sampling if isinstance(sampling, SelectedEpochs) else None  # set by Method.select
         self.train_loader = make_loader(self.dataset, config.data.train_split, batch_size=config.data.batch_size,
                                         train=True, seed=config.seed, exclude=self.train_mask,
                                         views=self.method.needs.views, sampling=sampling, **self._loader_args)
@@ -174,6 +173,18 @@ class Trainer:
                     torch.from_numpy(self.dataset.labels(split, "clean")).to(device))
             for split in [data.test_split, *data.extra_test_splits]
         }
+
+    def _epoch_sampling(self) -> EpochSampling | None:
+        """The training loader's per-epoch subset rule: data.epoch_samples, or the method's selection."""
+        samples, select = self.config.data.epoch_samples, self.method.needs.select
+        if samples is not None and select:
+            raise ConfigError(f"method {self.config.method.name!r} selects its own samples each epoch: leave "
+                              f"data.epoch_samples unset")
+        if samples is not None:
+            return BalancedEpochs(self.noisy.cpu().numpy(), samples, self.dataset.num_classes)
+        if select:
+            return SelectedEpochs(len(self.noisy), self.train_mask)
+        return None
 
     def _clean_subset(self) -> CleanSubset:
         """Loaders over the clean meta subset only (everything outside the mask is excluded)."""
@@ -270,6 +281,8 @@ class Trainer:
         self.train_loader.set_epoch(epoch)
         run.epoch, run.steps = epoch, len(self.train_loader)
         method.on_epoch_start(run)
+        if self.selection is not None:
+            self.selection.select(method.select(run))
         tally = TrainTally(has_clean=self.clean is not None)
         bar = tqdm(self.train_loader, total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)

@@ -37,6 +37,7 @@ class DataNeeds:
     views: tuple[str, ...] = ()  # extra augmented views per batch, names from pipeline.transforms.VIEW_NAMES
     clean_subset: bool = False  # needs the clean meta subset as a second stream
     train_eval: bool = False  # calls Run.eval_train: passes over the training split with the eval transform
+    select: bool = False  # trains each epoch on the samples `Method.select` returns (pipeline SelectedEpochs)
 
 
 #: fn(models, batch) -> (B, ...) per-sample values, run under no_grad with every model in eval mode
@@ -173,6 +174,12 @@ class Method:
     def on_epoch_start(self, run: Run) -> None:
         """Epoch hook, before the first batch (e.g. per-epoch passes over the clean subset or, with
         needs.train_eval, over the training split)."""
+
+    def select(self, run: Run) -> np.ndarray | torch.Tensor | None:
+        """With needs.select: bool (N,) training samples for the coming epoch, the same on every process, or
+        None for all of them; called after on_epoch_start. The epoch keeps its length (the selected samples
+        are shuffled and repeated to fill it), so the schedule and step counts stay fixed."""
+        return None
 
     def on_epoch_end(self, run: Run) -> EpochReport:
         """Epoch hook, after the last batch: the epoch's method metrics and artefacts."""
