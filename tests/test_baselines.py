@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.store import SampleStore
 from test_training import _args
 from training.methods import METHODS

@@ -15,7 +15,7 @@ from scipy.stats import norm
 from torch import nn
 
 from support.launch import launch_cpu
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.reader import StateReader
 from state.store import SampleStore
 from test_training import _args

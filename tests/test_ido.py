@@ -18,7 +18,7 @@ from torch import nn
 
 from support.launch import launch_cpu, worker_env
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.store import SampleStore
 from training.methods import METHODS
 from training.methods.base import MethodContext

@@ -1,4 +1,4 @@
-"""Tests of the loaders (pipeline/loader.py, cache_loader.py, dali_loader.py, webdataset_loader.py).
+"""Tests of the loaders (pipeline/load/loader.py, cache_loader.py, dali_loader.py, webdataset_loader.py).
 
 Each loader kind is checked for the epoch contract: every idx exactly once per epoch over all
 processes, the same len() in every process, no padding duplicates, `exclude` respected.
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import transforms as T
-from pipeline.dataset import Dataset
-from pipeline.epochs import batch_bounds, epoch_plan, part_bounds, steps_per_epoch
-from pipeline.loader import dali_available, make_loader
-from pipeline.webdataset_loader import WebDatasetLoader
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.epochs import batch_bounds, epoch_plan, part_bounds, steps_per_epoch
+from pipeline.load.loader import dali_available, make_loader
+from pipeline.load.webdataset_loader import WebDatasetLoader
 
 from support.launch import launch_cpu
 from support.loader_data import build_loader as build
@@ -285,7 +285,7 @@ def test_make_loader_rejects_bad_arguments(loader_dataset):
 
 
 def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog):
-    monkeypatch.setattr("pipeline.loader.dali_available", lambda: False)
+    monkeypatch.setattr("pipeline.load.loader.dali_available", lambda: False)
     with caplog.at_level("WARNING"):
         loader = make_loader(loader_dataset, "train", mode="stream", batch_size=8, train=True,
                              transform=T.cifar10(), device="cpu")

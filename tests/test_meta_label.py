@@ -17,7 +17,7 @@ from torch import nn
 from PIL import Image
 from torch.func import functional_call
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods import METHODS, build_method
 from training.methods.base import MethodContext
 from training.methods.ebomlc import EBOMLCConfig

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import ConfigError
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods.base import DataNeeds, Method, StepOutput
 from training.methods.lookahead import forward_with
 from training.plots import confusion_heatmap, save_figure

@@ -1,6 +1,6 @@
 """The epoch plan every loader follows: the per-process split, the epoch's order, the seeds.
 
-Below the loaders (pipeline/loader.py and the three modes import it; it imports none of them).
+Below the loaders (pipeline/load/loader.py and the three modes import it; it imports none of them).
 
 Every loader gives the same number of steps in every process, because a distributed step is a
 collective: one process with an extra batch would wait forever for the others. `epoch_plan` is

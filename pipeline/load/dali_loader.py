@@ -4,15 +4,15 @@
                             in a buffer for training, last batch padded (pad_last_batch)
     fn.decoders.image       "mixed" (nvJPEG) on a GPU, "cpu" otherwise (device_id=None)
     cifar                   DALI stops at the decoded uint8 HWC batch; the pad-4 crop, flip and
-                            normalisation are the batched torch ops of pipeline/transforms.py, run
+                            normalisation are the batched torch ops of pipeline/load/transforms.py, run
                             on the device (the cache mode's code)
     imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
-    by idx                  with `sampling` (pipeline/sampling.py) or a small kept subset (the plans of
-                            pipeline/split_loader.py) the reader is replaced by an external source
+    by idx                  with `sampling` (pipeline/load/sampling.py) or a small kept subset (the plans of
+                            pipeline/load/split_loader.py) the reader is replaced by an external source
                             that feeds this process's idx, read by idx from the tars
-                            (pipeline/random_access.py), batch by batch; decoding is the same
+                            (pipeline/load/random_access.py), batch by batch; decoding is the same
     views (cifar kind)      views=("weak", "strong") etc.: the same torch ops also make the views
                             (T.train_views); the imagenet kind has no views in stream mode (its
                             augmentation is DALI's: use the cache mode for multi-view methods)
@@ -27,7 +27,7 @@ batch (as in cache mode); use the imagenet kind for mixed sizes.
 
 Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so it stops at the end
 of this process's part and trims the padding samples out of the last batch; batches are then
-regrouped by pipeline.epochs.epoch_plan so every process takes the same number of steps.
+regrouped by pipeline.load.epochs.epoch_plan so every process takes the same number of steps.
 
 Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
 epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
@@ -49,13 +49,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline import transforms as T
-from pipeline.batch import Batch
-from pipeline.dataset import Dataset
-from pipeline.epochs import derive_seed, epoch_plan, part_bounds, view_generators
-from pipeline.random_access import ShardRandomAccess
-from pipeline.split_loader import SplitLoader
-from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.batch import Batch
+from pipeline.load.epochs import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.load.random_access import ShardRandomAccess
+from pipeline.load.split_loader import SplitLoader
+from pipeline.load.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _reader_pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, co
 @pipeline_def
 def _by_idx_pipeline(*, source, train, config: TransformConfig, gpu: bool):
     """Reading by idx: `source` yields (encoded images, idx) batches read by idx
-    (pipeline/random_access.py) and raises StopIteration at the end of the epoch."""
+    (pipeline/load/random_access.py) and raises StopIteration at the end of the epoch."""
     encoded, idx = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
     return _decode(encoded, idx, train=train, config=config, gpu=gpu)
 
@@ -135,14 +135,14 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 class DaliLoader(SplitLoader):
-    """Stream-mode loader on DALI; see the module docstring and pipeline/split_loader.py."""
+    """Stream-mode loader on DALI; see the module docstring and pipeline/load/split_loader.py."""
 
     def __init__(
         self,
         dataset: Dataset,
         split: str,
         *,
-        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (see the plans of pipeline/split_loader.py)
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (see the plans of pipeline/load/split_loader.py)
         dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
         **options,  # SplitLoader's
     ):
