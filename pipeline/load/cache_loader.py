@@ -28,7 +28,7 @@ from pipeline.format.shards import read_shard
 from pipeline.load import transforms as T
 from pipeline.load.batch import Batch
 from pipeline.load.decode import decode_sample, fit, quiet_decoder_warnings
-from pipeline.load.epochs import derive_seed, view_generators
+from pipeline.load.epochs import SeedPurpose, derive_seed, view_generators
 from pipeline.load.split_loader import SplitLoader
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class CacheLoader(SplitLoader):
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+            generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         for lo, hi in self._bounds:
             idx = mine[lo:hi]  # (B,) int64

@@ -29,12 +29,13 @@ Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so 
 of this process's part and trims the padding samples out of the last batch; batches are then
 regrouped by pipeline.load.epochs.epoch_plan so every process takes the same number of steps.
 
-Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
-epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
-same data order as an uninterrupted one (DESIGN.md rule 7). The price, measured on CIFAR-10:
-building once and resetting per epoch was ~8 % faster (51k vs 47k img/s; build ~0.04 s, teardown
-~0.03 s, and the next epoch's first batches are not prefetched), but the reader's random state
-then carries over from epoch to epoch and a resumed run would see other orders.
+Each epoch builds a fresh pipeline seeded by (seed, epoch, process) (SeedPurpose.DALI), with the
+part index rotated by the epoch for training: the order of epoch e depends on (seed, e), not on the
+epochs before it, so a resumed run sees the same data order as an uninterrupted one (DESIGN.md
+rule 7). The price, measured on CIFAR-10: building once and resetting per epoch was ~8 % faster
+(51k vs 47k img/s; build ~0.04 s, teardown ~0.03 s, and the next epoch's first batches are not
+prefetched), but the reader's random state then carries over from epoch to epoch and a resumed run
+would see other orders.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from pipeline.format.dataset import Dataset
 from pipeline.load import transforms as T
 from pipeline.load.batch import Batch
-from pipeline.load.epochs import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.load.epochs import SeedPurpose, derive_seed, epoch_plan, part_bounds, view_generators
 from pipeline.load.random_access import ShardRandomAccess
 from pipeline.load.split_loader import SplitLoader
 from pipeline.load.transforms import RRC_AREA, RRC_RATIO, TransformConfig
@@ -173,10 +174,10 @@ class DaliLoader(SplitLoader):
         """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (read by idx)."""
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
+        seed = derive_seed(self.seed, epoch, SeedPurpose.DALI, self.process_index) % (2**31)  # DALI takes int32
         common = dict(
-            batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
-            seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH, train=self.train,
-            config=self.transform, gpu=gpu,
+            batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id, seed=seed,
+            prefetch_queue_depth=PREFETCH, train=self.train, config=self.transform, gpu=gpu,
         )
         if source is not None:  # epoch_plan's last batch may hold one sample more than batch_size
             common["batch_size"] = max(hi - lo for lo, hi in self._bounds)
@@ -197,7 +198,7 @@ class DaliLoader(SplitLoader):
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
-        generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
+        generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         batches = self._split_epoch(epoch) if self.streams else self._by_idx_epoch(epoch)
         for images, idx in batches:

@@ -25,7 +25,7 @@ from pipeline.format.shards import IDX_EXT, decode_idx
 from pipeline.load import transforms as T
 from pipeline.load.batch import Batch
 from pipeline.load.decode import decode_sample, quiet_decoder_warnings
-from pipeline.load.epochs import derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.load.epochs import SeedPurpose, derive_seed, epoch_plan, part_bounds, view_generators
 from pipeline.load.random_access import ShardRandomAccess
 from pipeline.load.split_loader import SplitLoader
 
@@ -100,14 +100,15 @@ class WebDatasetLoader(SplitLoader):
             _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
             samples = self._samples(start, stop)
             if self.train:
-                samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
+                rng = random.Random(derive_seed(self.seed, epoch, SeedPurpose.SHUFFLE))
+                samples = self._shuffled(samples, rng)
         else:
             bounds = self._bounds
             samples = ((int(i), self.reader.read(int(i)).tobytes()) for i in self.epoch_idx(epoch))
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+            generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         side = T.stored_side(self.transform)
         fixed = self.transform.kind == "imagenet"
