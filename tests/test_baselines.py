@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from support import methods
 from support.methods import make_run
 from test_training import _args

@@ -1,4 +1,4 @@
-"""CIFAR-N loading (no torch) and the join to image-folder source keys (pipeline/cifar_n.py)."""
+"""CIFAR-N loading (no torch) and the join to image-folder source keys (pipeline/make/cifar_n.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from support.demo_data import CIFAR10_CLASSES, DEMO_CIFAR_N
 
-from pipeline import cifar_n, noise
-from pipeline.sources import read_image_folder
+from pipeline.make import cifar_n, noise
+from pipeline.make.sources import read_image_folder
 
 
 @pytest.fixture(scope="module")

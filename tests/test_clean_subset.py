@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from pipeline.loader import dali_available
+from pipeline.load.loader import dali_available
 from training import methods
 from training.config import load_config
 from training.methods.base import DataNeeds, Method
@@ -69,7 +69,7 @@ def test_clean_subset_batches_are_full_in_every_loader_mode(loader, tiny_dataset
     if loader == "dali" and not dali_available():
         pytest.skip("nvidia.dali is not installed")
     if loader == "fallback":
-        monkeypatch.setattr("pipeline.loader.dali_available", lambda: False)
+        monkeypatch.setattr("pipeline.load.loader.dali_available", lambda: False)
     mode = "cache" if loader == "cache" else "stream"
     stream = Trainer(_config(tiny_dataset, tmp_path, "method.name=clean_probe", f"data.clean_subset={MASK}",
                              f"data.loader={mode}")).clean_subset

@@ -1,4 +1,4 @@
-"""Your own images + a CSV of labels (pipeline/sources/csv_labels.py): one make_shards command converts
+"""Your own images + a CSV of labels (pipeline/make/sources/csv_labels.py): one make_shards command converts
 them, the label arrays equal the CSV by key, and each bad input stops with its file and line."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from support.demo_data import make_shards_main, write_image_tree
 
-from pipeline import sources
-from pipeline.dataset import Dataset
 from pipeline.errors import UserError
-from pipeline.sources import SourceError
+from pipeline.format.dataset import Dataset
+from pipeline.make import sources
+from pipeline.make.sources import SourceError
 
 CLASSES = ["cat", "dog", "ship"]
 

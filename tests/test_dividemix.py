@@ -16,7 +16,7 @@ from torch import nn
 from support import methods
 from support.launch import launch_cpu
 from support.methods import make_run
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.reader import StateReader
 from test_training import _args
 from training.methods import dividemix

@@ -18,7 +18,7 @@ from torch import nn
 from support.launch import launch_cpu, worker_env
 from support.methods import make_method, make_run
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods.base import Run
 from training.methods.common.beta_mixture import EDGE, BetaMixture, normalise_counts, scale_counts
 from training.methods.ido import (

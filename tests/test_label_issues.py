@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.dataset import Dataset
+from pipeline.format.dataset import Dataset
 from support.demo_data import CIFAR10_CLASSES
 from support.tools import load_tool
 from test_training import _args

@@ -1,4 +1,4 @@
-"""Tests of the loaders (pipeline/loader.py, cache_loader.py, dali_loader.py, webdataset_loader.py).
+"""Tests of the loaders (pipeline/load/loader.py, cache_loader.py, dali_loader.py, webdataset_loader.py).
 
 Each loader kind is checked for the epoch contract: every idx exactly once per epoch over all
 processes, the same len() in every process, no padding duplicates, `exclude` respected.
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import transforms as T
-from pipeline.dataset import Dataset
-from pipeline.epochs import batch_bounds, epoch_plan, part_bounds, steps_per_epoch
-from pipeline.loader import dali_available, make_loader
-from pipeline.webdataset_loader import WebDatasetLoader
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.epochs import SeedPurpose, batch_bounds, derive_seed, epoch_plan, part_bounds, steps_per_epoch
+from pipeline.load.loader import dali_available, make_loader
+from pipeline.load.webdataset_loader import WebDatasetLoader
 
 from support.launch import launch_cpu
 from support.loader_data import build_loader as build
@@ -82,6 +82,33 @@ def test_epoch_plan_covers_every_sample_once_in_equal_steps(n, processes, batch_
 
 def test_batch_bounds_zero_steps_is_empty():
     assert batch_bounds(0, 0, 10) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The seeds
+
+
+def test_seed_streams_of_purposes_and_processes_never_coincide():
+    """Issue 11: with `1 + process_index` as its purpose, the fallback loader's process 2 seeded its
+    augmentation with its shuffle seed. Every (purpose, process) is now a stream of its own."""
+    seeds = [derive_seed(7, 3, purpose, r) for purpose in SeedPurpose for r in range(64)]
+    assert len(set(seeds)) == len(seeds) == 64 * len(SeedPurpose)
+    assert derive_seed(7, 3, SeedPurpose.AUGMENT, 2) != derive_seed(7, 3, SeedPurpose.SHUFFLE)
+    assert derive_seed(7, 3, SeedPurpose.SHUFFLE) == derive_seed(7, 3, SeedPurpose.SHUFFLE, 0)
+
+
+def test_derive_seed_gives_the_seeds_process_0_drew_before_purposes_had_names():
+    """A run's data order and augmentation are part of its result (DESIGN.md rule 7): these are the values
+    the three-word derive_seed(3, 2, purpose) gave, and the four-word one of the strong view of process 1."""
+    assert [derive_seed(3, 2, purpose) for purpose in (SeedPurpose.ORDER, SeedPurpose.AUGMENT, SeedPurpose.DALI,
+                                                        SeedPurpose.SHUFFLE)] == [
+        5737856171534892084, 4404663168949438663, 6736112310584518698, 5961938461114066393]
+    assert derive_seed(3, 2, SeedPurpose.STRONG, 1) == 295895841164943656
+
+
+def test_derive_seed_refuses_an_integer_that_is_no_purpose():
+    with pytest.raises(ValueError):
+        derive_seed(3, 2, 6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +195,23 @@ def test_loader_small_kept_subset_gives_the_same_batches_in_every_mode(processes
         assert sorted(seen) == np.flatnonzero(kept).tolist()
     if train:
         assert batches["cache", 0][0] != batches["cache", 0][1]  # reshuffled each epoch
+
+
+@pytest.mark.parametrize("kind", ["dali", "webdataset"])
+def test_stream_modes_read_by_idx_draw_the_cache_modes_augmentation_in_every_process(kind, loader_dataset):
+    """SeedPurpose.AUGMENT is one stream per process whatever the mode: reading the clean subset by idx,
+    a stream mode's training batches are the cache mode's, crops and flips included."""
+    kept = loader_dataset.mask("train", SUBSET)
+    level = 1 / (255 * min(T.CIFAR10_STD))  # one pixel level in normalised units
+    for r in range(3):
+        cache, stream = ([b for b in build(k, loader_dataset, exclude=~kept, batch_size=8, process_index=r,
+                                           num_processes=3, seed=4)] for k in ("cache", kind))
+        assert len(cache) == len(stream)
+        for a, b in zip(cache, stream):
+            assert torch.equal(a.idx, b.idx)
+            # DALI's decoder may differ from torchvision's by a few levels (the eval test below); another
+            # crop or flip would differ by far more
+            assert (a.images - b.images).abs().max() < 8 * level
 
 
 @pytest.mark.parametrize("kind", ["dali", "webdataset"])
@@ -285,7 +329,7 @@ def test_make_loader_rejects_bad_arguments(loader_dataset):
 
 
 def test_make_loader_falls_back_without_dali(loader_dataset, monkeypatch, caplog):
-    monkeypatch.setattr("pipeline.loader.dali_available", lambda: False)
+    monkeypatch.setattr("pipeline.load.loader.dali_available", lambda: False)
     with caplog.at_level("WARNING"):
         loader = make_loader(loader_dataset, "train", mode="stream", batch_size=8, train=True,
                              transform=T.cifar10(), device="cpu")

@@ -12,10 +12,10 @@ import pytest
 from support.demo_data import DEMO_CIFAR_N, make_shards_main, tar_tree, write_image_tree
 from test_sources import write_cifar100_python
 
-from pipeline import convert as convert_mod
-from pipeline import noise
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.shards import read_shard, sha256_file
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.shards import read_shard, sha256_file
+from pipeline.make import convert as convert_mod
+from pipeline.make import noise
 
 main = make_shards_main()
 

@@ -16,7 +16,7 @@ from torch import nn
 from PIL import Image
 from torch.func import functional_call
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods import METHODS, build_method
 from training.methods.base import MethodContext
 from training.methods.common.meta_label import (META, InnerSGD, MetaLabelNet, dynamic_barrier, lower_loss,

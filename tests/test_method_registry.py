@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dataset import Dataset
+from pipeline.format.dataset import Dataset
 from test_training import _args
 from training.methods import METHODS
 from training.methods.base import DataNeeds, Run

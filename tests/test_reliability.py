@@ -23,11 +23,11 @@ import torch
 from support.demo_data import DEMO_CIFAR_N, make_shards_main, write_image_tree
 from PIL import Image
 
-from pipeline import convert
-from pipeline.decode import fit
-from pipeline.dataset import Dataset, DatasetError
 from pipeline.errors import UserError, describe_os_error
-from pipeline.locks import FolderLock
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.locks import FolderLock
+from pipeline.load.decode import fit
+from pipeline.make import convert
 from training.config import load_config
 from training.methods import build_method
 
@@ -209,8 +209,8 @@ class _holder:
     SCRIPT = """
 import sys, time
 from pathlib import Path
-from pipeline.locks import FolderLock
-from pipeline.shard_stream import make_pool
+from pipeline.format.locks import FolderLock
+from pipeline.make.shard_stream import make_pool
 lock = FolderLock(Path(sys.argv[1]), "busy")
 pool = make_pool(2)
 list(pool.map(abs, range(4)))  # the workers are forked now, holding whatever they inherited
@@ -265,13 +265,13 @@ def test_lock_is_free_after_kill_9_even_while_workers_run(tmp_path):
 
 SLOW_CONVERT = """
 import sys, time
-import pipeline.shard_stream as s
+import pipeline.make.shard_stream as s
 real = s._encode_chunk
 def slow(*args):
     time.sleep(1.0)
     return real(*args)
 slow.__qualname__ = "_encode_chunk"
-slow.__module__ = "pipeline.shard_stream"
+slow.__module__ = "pipeline.make.shard_stream"
 s._encode_chunk = slow
 sys.path.insert(0, "tools")
 from make_shards import main

@@ -1,5 +1,5 @@
-"""Per-epoch class-balanced sampling (pipeline/sampling.py): balance, determinism, process split, and
-the loaders that train on those subsets (reading by idx in stream mode, pipeline/random_access.py)."""
+"""Per-epoch class-balanced sampling (pipeline/load/sampling.py): balance, determinism, process split, and
+the loaders that train on those subsets (reading by idx in stream mode, pipeline/load/random_access.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from support.loader_data import build_loader, make_dataset
-from pipeline import transforms as T
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.random_access import ShardRandomAccess
-from pipeline.sampling import BalancedEpochs, SelectedEpochs, balanced_quotas, class_balanced_epoch
-from pipeline.shards import read_shard
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.shards import read_shard
+from pipeline.load import transforms as T
+from pipeline.load.random_access import ShardRandomAccess
+from pipeline.load.sampling import BalancedEpochs, SelectedEpochs, balanced_quotas, class_balanced_epoch
 
 
 def _labels(n: int = 5000, k: int = 14, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Raw-format readers (pipeline/sources/): image trees from folders and archives, CIFAR pickles."""
+"""Raw-format readers (pipeline/make/sources/): image trees from folders and archives, CIFAR pickles."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from support.demo_data import CIFAR10_CLASSES, tar_tree, write_image_tree
 from PIL import Image
 
-from pipeline import sources
-from pipeline.sources import SourceError
+from pipeline.make import sources
+from pipeline.make.sources import SourceError
 
 # ---------------------------------------------------------------------------------------------
 # fixtures: CIFAR pickles in the official layout (bytes keys, as the python-2 era files have)

@@ -1,4 +1,4 @@
-"""Real-world noisy datasets in their official layouts (pipeline/sources/): read, convert end to end with
+"""Real-world noisy datasets in their official layouts (pipeline/make/sources/): read, convert end to end with
 tools/make_shards.py, and stop on malformed lines, missing images and unknown classes naming file and line."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from support.official_layouts import (
 )
 from test_sources import write_cifar100_python
 
-from pipeline import sources
-from pipeline.dataset import Dataset
-from pipeline.shards import read_shard
-from pipeline.sources import SourceError
+from pipeline.format.dataset import Dataset
+from pipeline.format.shards import read_shard
+from pipeline.make import sources
+from pipeline.make.sources import SourceError
 from training.run import main as run_main
 
 main = make_shards_main()

@@ -1,4 +1,4 @@
-"""Tests of pipeline/transforms.py: the batched augmentation ops of the cache loader and the fallback."""
+"""Tests of pipeline/load/transforms.py: the batched augmentation ops of the cache loader and the fallback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import transforms as T
+from pipeline.load import transforms as T
 
 
 def _images(b=16, side=32, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of the training views (weak / weak2 / strong): the RandAugment ops of pipeline/transforms.py and
+"""Tests of the training views (weak / weak2 / strong): the RandAugment ops of pipeline/load/transforms.py and
 make_loader(..., views=...) in cache mode, DALI stream mode and the fallback."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import transforms as T
-from pipeline.dataset import Dataset
-from pipeline.loader import dali_available, make_loader
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.loader import dali_available, make_loader
 
 from support.loader_data import build_loader as _build
 from support.loader_data import make_dataset
@@ -315,7 +315,7 @@ def test_loader_views_differ_between_epochs(views_dataset):
 
 def test_loader_views_differ_between_processes():
     """Each process draws its own augmentation stream per extra view (seeded by seed, epoch, view and process)."""
-    from pipeline.epochs import view_generators
+    from pipeline.load.epochs import view_generators
 
     g0 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 0)["strong"]
     g1 = view_generators(VIEWS, torch.device("cpu"), 3, 0, 1)["strong"]

@@ -37,8 +37,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
-from pipeline import transforms as T  # noqa: E402
-from pipeline.batch import Batch  # noqa: E402
+from pipeline.load import transforms as T  # noqa: E402
+from pipeline.load.batch import Batch  # noqa: E402
 from state.store import SampleStore  # noqa: E402
 from training.methods.base import MethodContext, Run  # noqa: E402
 from training.methods.common.beta_mixture import BetaMixture, normalise_counts  # noqa: E402

@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import transforms as T  # noqa: E402
-from pipeline.dataset import Dataset  # noqa: E402
-from pipeline.loader import dali_available, make_loader  # noqa: E402
-from pipeline.shards import read_shard  # noqa: E402
+from pipeline.format.dataset import Dataset  # noqa: E402
+from pipeline.format.shards import read_shard  # noqa: E402
+from pipeline.load import transforms as T  # noqa: E402
+from pipeline.load.loader import dali_available, make_loader  # noqa: E402
 from training.outputs import cpu_model  # noqa: E402
 
 MODES = ("stream", "cache", "baseline")

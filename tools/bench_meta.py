@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 
 from accelerate import Accelerator  # noqa: E402
 
-from pipeline.batch import Batch  # noqa: E402
+from pipeline.load.batch import Batch  # noqa: E402
 from training.methods import build_method  # noqa: E402
 from training.methods.base import MethodContext, Run  # noqa: E402
 from training.models import build_model  # noqa: E402

@@ -6,7 +6,7 @@
 2. convert with tools/make_shards.py in a subprocess (the real CLI: list parsing, existence checks,
    parallel verification, shards, journal, labels, manifest): wall time, shard bytes, peak RSS of the
    converter and of each worker process;
-3. stream one training epoch of the train split with pipeline.loader.make_loader(mode="stream") in a
+3. stream one training epoch of the train split with pipeline.load.loader.make_loader(mode="stream") in a
    subprocess: img/s and its peak RSS;
 4. sample-store bytes per process for ALR soft labels at K = 14: N x 14 x 4 (float32), replicated in
    every process (state/store.py).
@@ -133,9 +133,9 @@ def stream_epoch(dataset_dir: str, batch_size: int, threads: int, dont_use_mmap:
     """Child process: one training epoch of the DALI stream loader; prints a JSON line."""
     import torch
 
-    from pipeline import transforms as T
-    from pipeline.dali_loader import DaliLoader
-    from pipeline.dataset import Dataset
+    from pipeline.format.dataset import Dataset
+    from pipeline.load import transforms as T
+    from pipeline.load.dali_loader import DaliLoader
 
     torch.set_num_threads(1)
     ds = Dataset(dataset_dir)

@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np  # noqa: E402
 
-from pipeline.dataset import Dataset  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
+from pipeline.format.dataset import Dataset  # noqa: E402
 from training import label_issues as li  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.run_setup import loader_args  # noqa: E402

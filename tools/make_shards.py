@@ -10,7 +10,7 @@ Examples:
   # CIFAR-100 with the CIFAR-100N human labels
   python tools/make_shards.py --source cifar-100-python.tar.gz --name cifar100 --out data \
       --cifar-n CIFAR-100_human.pt --label-set cifar100n-noisy
-  # real-world noisy datasets, each from its official layout (formats are detected; see pipeline/sources/)
+  # real-world noisy datasets, each from its official layout (formats are detected; see pipeline/make/sources/)
   python tools/make_shards.py --source clothing1M --name clothing1m --out data --resize-shorter 256
   python tools/make_shards.py --source webvision --name mini-webvision --out data --resize-shorter 256 \
       --imagenet-val ILSVRC2012/val --imagenet-val-labels ILSVRC2012/val.txt
@@ -39,11 +39,12 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import cifar_n, noise
-from pipeline.convert import ConvertConfig, LabelRequests, add_label_sets, convert, partial_dir
-from pipeline.dataset import Dataset
 from pipeline.errors import UserError, describe_os_error
-from pipeline.sources import FORMATS, resolve_source
+from pipeline.format import label_sets
+from pipeline.format.dataset import Dataset
+from pipeline.make import cifar_n
+from pipeline.make.convert import ConvertConfig, LabelRequests, add_label_sets, convert, partial_dir
+from pipeline.make.sources import FORMATS, resolve_source
 
 log = logging.getLogger("make_shards")
 
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--labels", type=Path, metavar="FILE.csv",
                      help="csv: labels of the images of --source (a folder, or a file listing image paths): a header "
                      "row naming path (or key), label, and optionally clean_label and split; labels are class names or "
-                     "indices (see pipeline/sources/csv_labels.py)")
+                     "indices (see pipeline/make/sources/csv_labels.py)")
     src.add_argument("--classes", type=Path, metavar="FILE",
                      help="csv: class names, one per line, in label order (default: the sorted set of the CSV's "
                      "names, or 0..max when the labels are indices)")
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = p.add_argument_group(
         "label sets",
         "Noisy label sets go to the --noisy-split; 'clean' is always written for every split. Names: clean; "
-        + noise.ACCEPTED_FORMS + "; " + ", ".join(sorted(cifar_n.LABEL_SETS)) + " (need --cifar-n).",
+        + label_sets.ACCEPTED_FORMS + "; " + ", ".join(sorted(cifar_n.LABEL_SETS)) + " (need --cifar-n).",
     )
     lab.add_argument("--label-set", action="append", default=[], metavar="NAME", help="label set to make (repeatable)")
     lab.add_argument("--cifar-n", type=Path, metavar="PATH", help="CIFAR-10_human.pt / CIFAR-100_human.pt, or the demo's .npz")

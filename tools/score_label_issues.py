@@ -17,7 +17,6 @@ samples whose label is wrong. Inference only: set OMP_NUM_THREADS=1 beside runni
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import date
 from pathlib import Path

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 
 
 class CleanSubset:

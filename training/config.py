@@ -48,7 +48,7 @@ class DataConfig(_Section):
     eval_batch_size: int = Field(512, gt=0)  # per process
     num_threads: int = Field(2, gt=0)  # DALI / decode worker threads per process
     verify: Literal["auto", "full", "quick"] = "auto"  # before training, check the shards against the manifest:
-    # full = sha256, quick = existence and size, auto = full up to pipeline.dataset.FULL_VERIFY_BYTES of shards
+    # full = sha256, quick = existence and size, auto = full up to pipeline.format.dataset.FULL_VERIFY_BYTES of shards
     mmap: bool = True  # stream mode: DALI memory-maps the tars; false reads them (RSS stays flat, BENCHMARKS.md)
     epoch_samples: int | None = Field(None, gt=0)  # train each epoch on a fresh class-balanced random subset
     # of this many samples (over all processes, by the training labels; Clothing1M: 2000 x 64 = 128000)

@@ -38,12 +38,12 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.decode import decode_sample, quiet_decoder_warnings
-from pipeline.dataset import Dataset
 from pipeline.errors import UserError
-from pipeline.loader import make_loader
-from pipeline.random_access import ShardRandomAccess
-from pipeline.transforms import TransformConfig, stored_side
+from pipeline.format.dataset import Dataset
+from pipeline.load.decode import decode_sample, quiet_decoder_warnings
+from pipeline.load.loader import make_loader
+from pipeline.load.random_access import ShardRandomAccess
+from pipeline.load.transforms import TransformConfig, stored_side
 from state.reader import StateReader
 from training.config import Config, load_config
 from training.evaluation import eval_pass

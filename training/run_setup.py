@@ -8,8 +8,8 @@ from functools import partial
 import torch
 from accelerate import Accelerator
 
-from pipeline import transforms
-from pipeline.dataset import Dataset
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms
 from training.config import Config
 from training.methods.base import MethodContext
 from training.models import build_model

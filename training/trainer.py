@@ -21,12 +21,12 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
-from pipeline.dataset import Dataset
 from pipeline.errors import TrainingDiverged
-from pipeline.locks import FolderLock, FolderLocked
-from pipeline.loader import make_loader
-from pipeline.provenance import code_version
-from pipeline.sampling import BalancedEpochs, EpochSampling, SelectedEpochs
+from pipeline.format.dataset import Dataset
+from pipeline.format.locks import FolderLock, FolderLocked
+from pipeline.format.provenance import code_version
+from pipeline.load.loader import make_loader
+from pipeline.load.sampling import BalancedEpochs, EpochSampling, SelectedEpochs
 from training.clean_subset import CleanSubset
 from training.run_setup import loader_args, method_context
 from training.config import Config, ConfigError, dump_config

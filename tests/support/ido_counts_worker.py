@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.store import SampleStore
 from state.sync import communicator_for
 from training.methods import METHODS

@@ -1,6 +1,6 @@
 """A small converted dataset for the loader tests, used when helper fixtures (tiny_dataset) are absent.
 
-Written with pipeline.shards.ShardWriter and a hand-made manifest: N = 203 train samples in
+Written with pipeline.format.shards.ShardWriter and a hand-made manifest: N = 203 train samples in
 shards of 64 (uneven last shard), 57 test samples, 10 classes, 32x32 JPEGs.
 """
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 from torchvision.io import encode_jpeg
 
-from pipeline import transforms as T
-from pipeline.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
-from pipeline.loader import dali_available, make_loader
-from pipeline.shards import ShardWriter, sha256_file
-from pipeline.webdataset_loader import WebDatasetLoader
+from pipeline.format.dataset import FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry
+from pipeline.format.shards import ShardWriter, sha256_file
+from pipeline.load import transforms as T
+from pipeline.load.loader import dali_available, make_loader
+from pipeline.load.webdataset_loader import WebDatasetLoader
 
 CLASSES = [f"c{i}" for i in range(10)]
 

@@ -18,10 +18,10 @@ import sys
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from pipeline import transforms as T
-from pipeline.dataset import Dataset
-from pipeline.loader import dali_available, make_loader
-from pipeline.webdataset_loader import WebDatasetLoader
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.loader import dali_available, make_loader
+from pipeline.load.webdataset_loader import WebDatasetLoader
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Tiny copies of real-world noisy datasets in their official layouts (pipeline/sources/*.py docstrings),
+"""Tiny copies of real-world noisy datasets in their official layouts (pipeline/make/sources/*.py docstrings),
 built from the shipped demo JPEGs (support.demo_data.demo_images). Each writer returns what the tests check against.
 
 Labels are chosen by formula so tests can recompute them: the image behind a key does not matter

@@ -7,7 +7,7 @@ Writes (byte-for-byte reproducible: sorted members, zero mtimes and owners, gzip
   tools/demo/cifar10n-demo.npz     CIFAR-10N labels of exactly those 5,000 train images: `key`
                                    ("train/<class>/NNNN.jpg"), `position` (original CIFAR train index)
                                    and the published arrays (clean_label, aggre_label, random_label1..3,
-                                   worse_label); read by pipeline/cifar_n.py, so --cifar-n accepts it
+                                   worse_label); read by pipeline/make/cifar_n.py, so --cifar-n accepts it
 
 Usage: python tools/demo/make_demo_subset.py [--data ../shared/data/cifar10] [--out tools/demo]
 """
@@ -29,7 +29,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline import cifar_n
+from pipeline.make import cifar_n
 
 PER_CLASS = {"train": 500, "test": 100}
 ROOT = "cifar10-demo"

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class DataNeeds:
-    views: tuple[str, ...] = ()  # extra augmented views per batch, names from pipeline.transforms.VIEW_NAMES
+    views: tuple[str, ...] = ()  # extra augmented views per batch, names from pipeline.load.transforms.VIEW_NAMES
     clean_subset: bool = False  # needs the clean meta subset as a second stream
     train_eval: bool = False  # calls Run.eval_train: passes over the training split with the eval transform
     select: bool = False  # trains each epoch on the samples `Method.select` returns (pipeline SelectedEpochs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods.base import Method, Run
 
 

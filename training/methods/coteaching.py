@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import auroc
 from training.methods.base import EpochReport, Method, Run, StepOutput

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 from training.methods.base import EpochReport, Method, Run
 from training.methods.common.diagnostics import soft_label_report

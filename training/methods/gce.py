@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods.base import Method, Run
 
 

@@ -68,9 +68,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.batch import Batch
 from pipeline.errors import ConfigError
-from pipeline.epochs import part_bounds
+from pipeline.load.batch import Batch
+from pipeline.load.epochs import part_bounds
 from state.spec import ArraySpec
 from state.store import SampleStore
 from training.evaluation import auroc

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
 from training.methods.common.lookahead import current_lr_wd

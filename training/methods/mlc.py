@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from training.methods.base import Run, StepOutput
 from training.methods.common.lookahead import forward_with
 from training.methods.common.meta_label import (META, InnerSGD, MetaLabelConfig, MetaLabelMethod, at_least_float32,

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.batch import Batch
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import auroc
 from training.methods.base import EpochReport, Method, Run

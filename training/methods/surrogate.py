@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.batch import Batch
 from pipeline.errors import ConfigError
+from pipeline.load.batch import Batch
 from state.spec import ArraySpec
 from training.evaluation import gather_by_idx
 from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput

@@ -56,8 +56,8 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from pipeline.batch import Batch
 from pipeline.errors import ConfigError
+from pipeline.load.batch import Batch
 from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
 from training.methods.common.lookahead import forward_with
 from training.plots import confusion_heatmap

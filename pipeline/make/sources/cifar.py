@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from pipeline.sources.base import Record, Source, SourceError, SourceSplit
+from pipeline.make.sources.base import Record, Source, SourceError, SourceSplit
 
 _CIFAR_LAYOUT = {
     # format -> (folder inside the archive, {split: [batch files]}, meta file, label key, class names key)

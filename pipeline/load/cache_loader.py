@@ -2,9 +2,9 @@
 
 The fast path for CIFAR-size data (airbench's way): after one decode pass (about a second for
 CIFAR-10 train on two cores), an epoch is a permutation of idx sliced into batches, each gathered
-from the cached tensor and augmented with the batched ops of pipeline/transforms.py. No DALI.
+from the cached tensor and augmented with the batched ops of pipeline/load/transforms.py. No DALI.
 
-Decoding reads the tars with pipeline.shards.read_shard and decodes with torchvision.io: on a
+Decoding reads the tars with pipeline.format.shards.read_shard and decodes with torchvision.io: on a
 CUDA device JPEGs are decoded in batched lists by nvJPEG; on the CPU, one thread per shard.
 With views=("weak", "strong") (or any names from T.VIEW_NAMES) every batch also carries those views
 (T.train_views).
@@ -23,13 +23,13 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from pipeline import transforms as T
-from pipeline.batch import Batch
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.decode import decode_sample, fit, quiet_decoder_warnings
-from pipeline.epochs import derive_seed, view_generators
-from pipeline.shards import read_shard
-from pipeline.split_loader import SplitLoader
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.shards import read_shard
+from pipeline.load import transforms as T
+from pipeline.load.batch import Batch
+from pipeline.load.decode import decode_sample, fit, quiet_decoder_warnings
+from pipeline.load.epochs import SeedPurpose, derive_seed, view_generators
+from pipeline.load.split_loader import SplitLoader
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _decode_shard_cuda(path: Path, side: int, fixed: bool, device: torch.device)
 
 
 class CacheLoader(SplitLoader):
-    """Batches from a decoded split held on the device; the plan is pipeline/split_loader.py's by idx."""
+    """Batches from a decoded split held on the device; the plan is pipeline/load/split_loader.py's by idx."""
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class CacheLoader(SplitLoader):
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+            generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         for lo, hi in self._bounds:
             idx = mine[lo:hi]  # (B,) int64

@@ -4,15 +4,15 @@
                             in a buffer for training, last batch padded (pad_last_batch)
     fn.decoders.image       "mixed" (nvJPEG) on a GPU, "cpu" otherwise (device_id=None)
     cifar                   DALI stops at the decoded uint8 HWC batch; the pad-4 crop, flip and
-                            normalisation are the batched torch ops of pipeline/transforms.py, run
+                            normalisation are the batched torch ops of pipeline/load/transforms.py, run
                             on the device (the cache mode's code)
     imagenet train          decoders.image_random_crop (area 8-100 %, aspect 3/4-4/3) -> resize
                             -> crop_mirror_normalize with random mirror
     imagenet eval           resize shorter side, center crop, normalise
-    by idx                  with `sampling` (pipeline/sampling.py) or a small kept subset (the plans of
-                            pipeline/split_loader.py) the reader is replaced by an external source
+    by idx                  with `sampling` (pipeline/load/sampling.py) or a small kept subset (the plans of
+                            pipeline/load/split_loader.py) the reader is replaced by an external source
                             that feeds this process's idx, read by idx from the tars
-                            (pipeline/random_access.py), batch by batch; decoding is the same
+                            (pipeline/load/random_access.py), batch by batch; decoding is the same
     views (cifar kind)      views=("weak", "strong") etc.: the same torch ops also make the views
                             (T.train_views); the imagenet kind has no views in stream mode (its
                             augmentation is DALI's: use the cache mode for multi-view methods)
@@ -27,14 +27,15 @@ batch (as in cache mode); use the imagenet kind for mixed sizes.
 
 Exact epochs: the iterator is given reader_name and LastBatchPolicy.PARTIAL, so it stops at the end
 of this process's part and trims the padding samples out of the last batch; batches are then
-regrouped by pipeline.epochs.epoch_plan so every process takes the same number of steps.
+regrouped by pipeline.load.epochs.epoch_plan so every process takes the same number of steps.
 
-Each epoch builds a fresh pipeline seeded by (seed, epoch), with the part index rotated by the
-epoch for training: the order of epoch e depends on (seed, e) only, so a resumed run sees the
-same data order as an uninterrupted one (DESIGN.md rule 7). The price, measured on CIFAR-10:
-building once and resetting per epoch was ~8 % faster (51k vs 47k img/s; build ~0.04 s, teardown
-~0.03 s, and the next epoch's first batches are not prefetched), but the reader's random state
-then carries over from epoch to epoch and a resumed run would see other orders.
+Each epoch builds a fresh pipeline seeded by (seed, epoch, process) (SeedPurpose.DALI), with the
+part index rotated by the epoch for training: the order of epoch e depends on (seed, e), not on the
+epochs before it, so a resumed run sees the same data order as an uninterrupted one (DESIGN.md
+rule 7). The price, measured on CIFAR-10: building once and resetting per epoch was ~8 % faster
+(51k vs 47k img/s; build ~0.04 s, teardown ~0.03 s, and the next epoch's first batches are not
+prefetched), but the reader's random state then carries over from epoch to epoch and a resumed run
+would see other orders.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from pipeline import transforms as T
-from pipeline.batch import Batch
-from pipeline.dataset import Dataset
-from pipeline.epochs import derive_seed, epoch_plan, part_bounds, view_generators
-from pipeline.random_access import ShardRandomAccess
-from pipeline.split_loader import SplitLoader
-from pipeline.transforms import RRC_AREA, RRC_RATIO, TransformConfig
+from pipeline.format.dataset import Dataset
+from pipeline.load import transforms as T
+from pipeline.load.batch import Batch
+from pipeline.load.epochs import SeedPurpose, derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.load.random_access import ShardRandomAccess
+from pipeline.load.split_loader import SplitLoader
+from pipeline.load.transforms import RRC_AREA, RRC_RATIO, TransformConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _reader_pipeline(*, paths, index_paths, ext, shard_id, num_shards, train, co
 @pipeline_def
 def _by_idx_pipeline(*, source, train, config: TransformConfig, gpu: bool):
     """Reading by idx: `source` yields (encoded images, idx) batches read by idx
-    (pipeline/random_access.py) and raises StopIteration at the end of the epoch."""
+    (pipeline/load/random_access.py) and raises StopIteration at the end of the epoch."""
     encoded, idx = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
     return _decode(encoded, idx, train=train, config=config, gpu=gpu)
 
@@ -135,14 +136,14 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 class DaliLoader(SplitLoader):
-    """Stream-mode loader on DALI; see the module docstring and pipeline/split_loader.py."""
+    """Stream-mode loader on DALI; see the module docstring and pipeline/load/split_loader.py."""
 
     def __init__(
         self,
         dataset: Dataset,
         split: str,
         *,
-        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (see the plans of pipeline/split_loader.py)
+        exclude: np.ndarray | None = None,  # (N,) bool: idx left out (see the plans of pipeline/load/split_loader.py)
         dont_use_mmap: bool = False,  # True reads the tars with plain reads (often better on network filesystems)
         **options,  # SplitLoader's
     ):
@@ -173,10 +174,10 @@ class DaliLoader(SplitLoader):
         """A fresh pipeline for `epoch`: over the split, or over `source`'s batches (read by idx)."""
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None
+        seed = derive_seed(self.seed, epoch, SeedPurpose.DALI, self.process_index) % (2**31)  # DALI takes int32
         common = dict(
-            batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
-            seed=derive_seed(self.seed, epoch, 2) % (2**31), prefetch_queue_depth=PREFETCH, train=self.train,
-            config=self.transform, gpu=gpu,
+            batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id, seed=seed,
+            prefetch_queue_depth=PREFETCH, train=self.train, config=self.transform, gpu=gpu,
         )
         if source is not None:  # epoch_plan's last batch may hold one sample more than batch_size
             common["batch_size"] = max(hi - lo for lo, hi in self._bounds)
@@ -197,7 +198,7 @@ class DaliLoader(SplitLoader):
         """One epoch; the epoch counter advances at its end unless set_epoch is called."""
         epoch = self.epoch
         generator = torch.Generator(device=self.device)  # the cifar kind's crop and flip draws
-        generator.manual_seed(derive_seed(self.seed, epoch, 3, self.process_index))
+        generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         batches = self._split_epoch(epoch) if self.streams else self._by_idx_epoch(epoch)
         for images, idx in batches:

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.sources.base import SourceError
+from pipeline.make.sources.base import SourceError
 
 log = logging.getLogger(__name__)
 

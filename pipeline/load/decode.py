@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
-from pipeline import transforms as T
-from pipeline.dataset import DatasetError
+from pipeline.format.dataset import DatasetError
+from pipeline.load import transforms as T
 
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec (not installed here) and warns on
 # every call; silenced around our decode loops only, with a note to migrate when TorchCodec is pinned

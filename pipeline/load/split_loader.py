@@ -1,13 +1,13 @@
 """SplitLoader: what the three loader modes share (options, epoch counter, the plan of an epoch).
 
 The modes differ in how they read and decode (cache_loader.py, dali_loader.py,
-webdataset_loader.py); the plan is one of three, all built on pipeline/epochs.py:
+webdataset_loader.py); the plan is one of three, all built on pipeline/load/epochs.py:
 
   by idx     the kept idx (the split minus `exclude`) in epoch_order, this process's part of it
              by epoch_plan: the cache mode always; the stream modes when the kept idx are at most
              READ_BY_IDX_UP_TO of the split (e.g. the clean meta subset), reading each sample by
-             idx (pipeline/random_access.py). Every mode then yields the same idx batches.
-  sampling   a class-balanced draw per epoch (pipeline/sampling.py), full batches, read by idx.
+             idx (pipeline/load/random_access.py). Every mode then yields the same idx batches.
+  sampling   a class-balanced draw per epoch (pipeline/load/sampling.py), full batches, read by idx.
   streaming  the stream modes otherwise: this process's part of the split's file order
              (epoch_plan over all N), read front to back; excluded idx are dropped from each batch.
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline import transforms as T
-from pipeline.epochs import epoch_order, epoch_plan
-from pipeline.sampling import EpochSampling
+from pipeline.load import transforms as T
+from pipeline.load.epochs import epoch_order, epoch_plan
+from pipeline.load.sampling import EpochSampling
 
 READ_BY_IDX_UP_TO = 0.5  # stream modes read by idx when the kept samples are at most this fraction of the split
 

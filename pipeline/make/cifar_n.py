@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import first_out_of_range
 from pipeline.errors import UserError
-from pipeline.noise import CIFAR10_CLASSES
+from pipeline.format.dataset import first_out_of_range
+from pipeline.make.noise import CIFAR10_CLASSES
 
 log = logging.getLogger(__name__)
 

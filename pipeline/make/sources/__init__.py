@@ -22,8 +22,8 @@ import tarfile
 import urllib.request  # noqa: F401  (tests patch sources.urllib.request.urlopen)
 from pathlib import Path, PurePosixPath
 
-from pipeline.sources.animal10n import is_animal10n, read_animal10n
-from pipeline.sources.base import (
+from pipeline.make.sources.animal10n import is_animal10n, read_animal10n
+from pipeline.make.sources.base import (
     IMAGE_EXTS,
     FileRecords,
     Record,
@@ -32,13 +32,13 @@ from pipeline.sources.base import (
     SourceSplit,
     decode_image,
 )
-from pipeline.sources.cifar import encode_png, read_cifar_python
-from pipeline.sources.clothing1m import is_clothing1m, read_clothing1m
-from pipeline.sources.csv_labels import read_csv_labels
-from pipeline.sources.download import DOWNLOADS, download, resolve_source
-from pipeline.sources.folder import KNOWN_CLASS_ORDERS, read_image_folder
-from pipeline.sources.food101n import is_food101n, read_food101n
-from pipeline.sources.webvision import MINI_CLASSES, is_webvision, read_webvision
+from pipeline.make.sources.cifar import encode_png, read_cifar_python
+from pipeline.make.sources.clothing1m import is_clothing1m, read_clothing1m
+from pipeline.make.sources.csv_labels import read_csv_labels
+from pipeline.make.sources.download import DOWNLOADS, download, resolve_source
+from pipeline.make.sources.folder import KNOWN_CLASS_ORDERS, read_image_folder
+from pipeline.make.sources.food101n import is_food101n, read_food101n
+from pipeline.make.sources.webvision import MINI_CLASSES, is_webvision, read_webvision
 
 log = logging.getLogger(__name__)
 

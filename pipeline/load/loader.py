@@ -1,31 +1,31 @@
 """The front door to data loading: make_loader(), the Loader protocol, and the per-process split.
 
 Two modes from the same shards (DESIGN.md rule 3):
-  stream  DALI reads, decodes and augments the tars (pipeline/dali_loader.py); without DALI
-          (e.g. macOS) a webdataset + torchvision fallback does the same (pipeline/webdataset_loader.py)
-  cache   the split is decoded once into a uint8 tensor on the device (pipeline/cache_loader.py)
+  stream  DALI reads, decodes and augments the tars (pipeline/load/dali_loader.py); without DALI
+          (e.g. macOS) a webdataset + torchvision fallback does the same (pipeline/load/webdataset_loader.py)
+  cache   the split is decoded once into a uint8 tensor on the device (pipeline/load/cache_loader.py)
 
 Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives every Batch
 `views["weak"]` (the normal train augmentation, the same tensor as `batch.images`) and
-`views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/transforms.py);
+`views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/load/transforms.py);
 "weak2" is a second independent weak draw; all from the batched torch ops in every mode. Each view
 beyond "weak" draws from its own generator seeded by (seed, epoch, view, process) (`view_generators`),
 so asking for views leaves `batch.images` and the other views unchanged.
 
 Per-epoch subsets: make_loader(..., sampling=BalancedEpochs(labels, samples, K)) (training loaders
 only) trains each epoch on a fresh class-balanced random subset of `samples` idx (the Clothing1M
-recipes' "2,000 batches of 64"), drawn by pipeline/sampling.py from (seed, epoch) in every process
+recipes' "2,000 batches of 64"), drawn by pipeline/load/sampling.py from (seed, epoch) in every process
 alike, each process taking its own block; the stream modes read those samples by idx.
 sampling=SelectedEpochs(N, exclude) instead trains each epoch on the samples the method selected for it
 (Method.select), in epochs of fixed length.
 
 Every loader yields Batch objects and gives the same number of steps in every process, by the
-epoch plan of pipeline/epochs.py; pipeline/split_loader.py says which samples each mode reads and
+epoch plan of pipeline/load/epochs.py; pipeline/load/split_loader.py says which samples each mode reads and
 how (`exclude`: a small kept subset such as the clean meta subset is read by idx in every mode, so
 all modes yield the same batches of it).
 
-Imports go one way: this module imports the loaders, they import pipeline/split_loader.py,
-pipeline/epochs.py and pipeline/decode.py, which import none of them.
+Imports go one way: this module imports the loaders, they import pipeline/load/split_loader.py,
+pipeline/load/epochs.py and pipeline/load/decode.py, which import none of them.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from typing import Iterator, Literal, Protocol
 import numpy as np
 import torch
 
-from pipeline.batch import Batch
-from pipeline.cache_loader import CacheLoader
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.sampling import EpochSampling
-from pipeline.transforms import TransformConfig, check_views
-from pipeline.webdataset_loader import WebDatasetLoader
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.load.batch import Batch
+from pipeline.load.cache_loader import CacheLoader
+from pipeline.load.sampling import EpochSampling
+from pipeline.load.transforms import TransformConfig, check_views
+from pipeline.load.webdataset_loader import WebDatasetLoader
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def make_loader(
             f"use mode='cache' (it augments on any torch device) or device='cpu'"
         )
     if dali_available():
-        from pipeline.dali_loader import DaliLoader  # here: DALI is optional (no wheels for macOS)
+        from pipeline.load.dali_loader import DaliLoader  # here: DALI is optional (no wheels for macOS)
 
         return DaliLoader(dataset, split, dont_use_mmap=not mmap, **common)
     log.warning("nvidia.dali cannot be imported: stream mode uses the webdataset + torchvision fallback (slower)")

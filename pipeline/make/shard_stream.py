@@ -32,9 +32,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.shards import ShardInfo, ShardWriter, sha256_file
-from pipeline.sources import Record, decode_image
-from pipeline.sources.base import image_error
+from pipeline.format.shards import ShardInfo, ShardWriter, sha256_file
+from pipeline.make.sources import Record, decode_image
+from pipeline.make.sources.base import image_error
 
 log = logging.getLogger(__name__)
 

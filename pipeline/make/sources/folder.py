@@ -12,8 +12,8 @@ import logging
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from pipeline.noise import CIFAR10_CLASSES
-from pipeline.sources.base import IMAGE_EXTS, Record, Source, SourceError, SourceSplit
+from pipeline.make.noise import CIFAR10_CLASSES
+from pipeline.make.sources.base import IMAGE_EXTS, Record, Source, SourceError, SourceSplit
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Two kinds, one config (TransformConfig):
 
 Every op works on a whole (B, 3, H, W) uint8 batch on its device at once; per-sample randomness
 comes from one torch.Generator, so a (seed, epoch) pair fixes the augmentation. Stream mode
-(pipeline/dali_loader.py) uses these ops too for the cifar kind, on the batches DALI decodes; its
+(pipeline/load/dali_loader.py) uses these ops too for the cifar kind, on the batches DALI decodes; its
 imagenet kind keeps DALI operators (random-resized-crop needs the full-size images).
 
 Named views (methods that declare e.g. DataNeeds(views=("weak", "strong")), IDO, or ("weak", "weak2"),

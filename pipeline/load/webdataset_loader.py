@@ -1,13 +1,13 @@
 """Stream mode without DALI (e.g. macOS, where nvidia-dali has no wheels): webdataset + torchvision.
 
-Same contract as pipeline/dali_loader.py, slower. Streaming (pipeline/split_loader.py's plans), the
+Same contract as pipeline/load/dali_loader.py, slower. Streaming (pipeline/load/split_loader.py's plans), the
 webdataset library reads the tars in file order (tar members grouped by key into samples), this
 process only the shards that hold its contiguous part of the split (the part of
-pipeline.epochs.epoch_plan, its index rotated by the epoch for training, as in the DALI loader);
+pipeline.load.epochs.epoch_plan, its index rotated by the epoch for training, as in the DALI loader);
 training order comes from a seeded shuffle buffer; excluded idx are dropped before decoding. By idx
-(a small kept subset, or `sampling`), each sample is one read (pipeline/random_access.py). Images
-are decoded by torchvision in a thread pool (pipeline/decode.py, the cache mode's decoder) and
-augmented with the batched ops of pipeline/transforms.py on the device (views too).
+(a small kept subset, or `sampling`), each sample is one read (pipeline/load/random_access.py). Images
+are decoded by torchvision in a thread pool (pipeline/load/decode.py, the cache mode's decoder) and
+augmented with the batched ops of pipeline/load/transforms.py on the device (views too).
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from pipeline import transforms as T
-from pipeline.batch import Batch
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.decode import decode_sample, quiet_decoder_warnings
-from pipeline.epochs import derive_seed, epoch_plan, part_bounds, view_generators
-from pipeline.random_access import ShardRandomAccess
-from pipeline.shards import IDX_EXT, decode_idx
-from pipeline.split_loader import SplitLoader
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.shards import IDX_EXT, decode_idx
+from pipeline.load import transforms as T
+from pipeline.load.batch import Batch
+from pipeline.load.decode import decode_sample, quiet_decoder_warnings
+from pipeline.load.epochs import SeedPurpose, derive_seed, epoch_plan, part_bounds, view_generators
+from pipeline.load.random_access import ShardRandomAccess
+from pipeline.load.split_loader import SplitLoader
 
 SHUFFLE_BUFFER = 4096  # samples in the shuffle buffer (encoded bytes), as in the DALI loader
 
 
 class WebDatasetLoader(SplitLoader):
-    """Stream-mode fallback loader; see the module docstring and pipeline/split_loader.py."""
+    """Stream-mode fallback loader; see the module docstring and pipeline/load/split_loader.py."""
 
     def __init__(
         self,
@@ -100,14 +100,15 @@ class WebDatasetLoader(SplitLoader):
             _, bounds = epoch_plan(self.n, self.batch_size, part, self.num_processes)
             samples = self._samples(start, stop)
             if self.train:
-                samples = self._shuffled(samples, random.Random(derive_seed(self.seed, epoch, 3)))
+                rng = random.Random(derive_seed(self.seed, epoch, SeedPurpose.SHUFFLE))
+                samples = self._shuffled(samples, rng)
         else:
             bounds = self._bounds
             samples = ((int(i), self.reader.read(int(i)).tobytes()) for i in self.epoch_idx(epoch))
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derive_seed(self.seed, epoch, 1 + self.process_index))
+            generator.manual_seed(derive_seed(self.seed, epoch, SeedPurpose.AUGMENT, self.process_index))
         extra = view_generators(self.views, self.device, self.seed, epoch, self.process_index)
         side = T.stored_side(self.transform)
         fixed = self.transform.kind == "imagenet"

@@ -1,10 +1,10 @@
-"""Conversion driver: a raw source -> a converted dataset directory (the layout in pipeline/dataset.py).
+"""Conversion driver: a raw source -> a converted dataset directory (the layout in pipeline/format/dataset.py).
 
-:func:`convert` reads a source (pipeline/sources/), assigns each split a seeded permutation
+:func:`convert` reads a source (pipeline/make/sources/), assigns each split a seeded permutation
 (idx = position in it, DESIGN rule 1), writes shards in idx order, the clean labels, source index and
 keys, the requested label sets and masks, and manifest.json last. Everything is written into
 ``<out>/.<name>.partial`` and renamed into place only when complete. Shards are written by
-pipeline/shard_stream.py: streamed through a pool of worker processes (verify, optional resize),
+pipeline/make/shard_stream.py: streamed through a pool of worker processes (verify, optional resize),
 journaled after each shard, so an interrupted conversion resumes where it stopped; an error in the
 input (a corrupt image, a bad list line) discards the partial state.
 :func:`add_label_sets` adds label sets and masks to an existing dataset without touching its shards.
@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import cifar_n, noise, shard_stream
-from pipeline.dataset import (FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry, SplitEntry,
-                              first_out_of_range)
 from pipeline.errors import UserError
-from pipeline.locks import LOCK_FILE, FolderLock
-from pipeline.provenance import code_version
-from pipeline.shards import ShardWriter, read_shard, sha256_file  # noqa: F401  (ShardWriter: tests patch it here)
-from pipeline.sources import Source, SourceError, decode_image, open_source
+from pipeline.format import label_sets
+from pipeline.format.dataset import (FORMAT_VERSION, MANIFEST, ArrayEntry, Dataset, Manifest, ShardEntry,
+                                     SplitEntry, first_out_of_range)
+from pipeline.format.locks import LOCK_FILE, FolderLock
+from pipeline.format.provenance import code_version
+from pipeline.format.shards import ShardWriter, read_shard, sha256_file  # noqa: F401  (tests patch ShardWriter here)
+from pipeline.make import cifar_n, noise, shard_stream
+from pipeline.make.sources import Source, SourceError, decode_image, open_source
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ConvertConfig:
     labels: LabelRequests = field(default_factory=LabelRequests)
     argv: list[str] | None = None  # recorded in provenance
     progress: bool = True
-    source_options: dict = field(default_factory=dict)  # format-specific (pipeline.sources.OPTIONS)
+    source_options: dict = field(default_factory=dict)  # format-specific (pipeline.make.sources.OPTIONS)
     resize_shorter: int | None = None  # px: resize images whose shorter side is longer, re-encode as JPEG
     jpeg_quality: int = 90  # for re-encoded (resized) images
     workers: int = 0  # encoding processes; 0 = one per CPU core
@@ -97,16 +98,16 @@ class ConvertConfig:
 def check_requests(req: LabelRequests) -> None:
     """Fails fast on names and files, before images are read."""
     for name in req.label_sets:
-        if name == "clean" or noise.is_noise_spec(name):
+        if name == "clean" or label_sets.is_noise_spec(name):
             continue
         if name in cifar_n.LABEL_SETS:
             if req.cifar_n is None:
                 raise ConvertError(f"label set {name} needs --cifar-n PATH (CIFAR-10_human.pt / CIFAR-100_human.pt)")
             continue
         if re.match(r"^[a-z]+-[\d.]+-s\d+$", name):
-            noise.parse_noise_spec(name)  # raises with the accepted forms, e.g. for "sym-0.4-s0"
+            label_sets.parse_noise_spec(name)  # raises with the accepted forms, e.g. for "sym-0.4-s0"
         raise ConvertError(
-            f"unknown label set {name!r}; accepted: clean, {noise.ACCEPTED_FORMS}; "
+            f"unknown label set {name!r}; accepted: clean, {label_sets.ACCEPTED_FORMS}; "
             f"{', '.join(sorted(cifar_n.LABEL_SETS))} (with --cifar-n); or --label-file NAME=PATH"
         )
     for name, path in req.label_files.items():
@@ -167,7 +168,7 @@ def build_label_sets(split: SplitArrays, classes: list[str], req: LabelRequests)
                       "array": cifar_n.LABEL_SETS[name][1]}
             out[name] = (labels, name.split("-")[0], params)
             continue
-        spec = noise.parse_noise_spec(name)
+        spec = label_sets.parse_noise_spec(name)
         if split.clean is None:
             raise ConvertError(f"{name}: synthetic noise needs clean labels, and split {split.name!r} has none")
         pixels = split.pixels() if callable(split.pixels) else split.pixels
@@ -335,7 +336,7 @@ def _precheck_counts(req: LabelRequests, n: int, num_classes: int) -> None:
 
 # Errors in the input: the partial state is discarded (the input must change, and with it the shards).
 # Anything else (interrupt, disk full, a killed process) keeps it so that the same command resumes.
-_INPUT_ERRORS = (ConvertError, SourceError, cifar_n.CifarNError, noise.NoiseSpecError)
+_INPUT_ERRORS = (ConvertError, SourceError, cifar_n.CifarNError, label_sets.NoiseSpecError)
 
 
 def _fingerprint(cfg: ConvertConfig, source: Source) -> str:

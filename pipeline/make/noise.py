@@ -1,24 +1,21 @@
-"""Synthetic label noise: seeded generators, metrics and label-set names (methods/NOISE.md).
+"""Synthetic label noise: seeded generators and metrics (methods/NOISE.md).
 
 Every generator is a pure function ``(labels, rate, rng[, extra]) -> new labels`` (int64, same
 shape) that never modifies its input; the same labels, rate and seed give the same output on every
 machine (numpy's PCG64 stream is platform independent). Label-set names carry the generator, rate
-and seed, e.g. ``sym-0.40-s0``; :func:`parse_noise_spec` turns a name into a :class:`NoiseSpec`.
+and seed, e.g. ``sym-0.40-s0`` (pipeline/format/label_sets.py parses them into a NoiseSpec);
+:func:`generate` applies a spec.
 
 CIFAR-100 ``asym`` follows the published convention (fine index i -> the next index in its block of
 5, cyclically); the true-superclass map is ``asym-super``. Manifests from before that change record
-``asym`` with variant ``cifar100-superclass``: :func:`outdated_label_set` says why such a set is refused.
+``asym`` with variant ``cifar100-superclass``; the dataset reader refuses such a set and says why
+(pipeline/format/label_sets.py: outdated_label_set).
 """
-
 from __future__ import annotations
-
-import re
-import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.format.label_sets import NoiseSpec, NoiseSpecError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # CIFAR-10 asymmetric protocol (Patrini et al. 2017): visually similar classes, by name.
@@ -210,70 +207,8 @@ def transition_matrix(clean: np.ndarray, noisy: np.ndarray, num_classes: int) ->
 
 
 # ---------------------------------------------------------------------------------------------
-# label-set names
+# applying a label-set name (the names themselves: pipeline/format/label_sets.py)
 # ---------------------------------------------------------------------------------------------
-
-KINDS = {
-    "sym": "symmetric",
-    "symx": "symmetric-exclusive",
-    "asym": "asymmetric",
-    "asym-super": "asymmetric",
-    "pair": "pair-flip",
-    "flip": "random-flip",
-    "idn": "instance-dependent",
-}
-_NAME_RE = re.compile(r"^(?P<kind>[a-z]+(?:-[a-z]+)?)-(?P<rate>[01]\.\d\d)-s(?P<seed>\d+)$")
-ACCEPTED_FORMS = (
-    "sym-<rate>-s<seed> (symmetric over all K), symx-<rate>-s<seed> (to another class), "
-    "asym-<rate>-s<seed> (CIFAR-10 map or CIFAR-100 blocks of 5), "
-    "asym-super-<rate>-s<seed> (CIFAR-100 true superclasses), pair-<rate>-s<seed> (i -> i+1), "
-    "flip-<rate>-s<seed> (i -> one fixed random j != i, MLC/EBOMLC), "
-    "idn-<rate>-s<seed> (instance-dependent); rate with two decimals in [0.00, 1.00], e.g. sym-0.40-s0"
-)
-
-
-class NoiseSpecError(UserError, ValueError):
-    """A label-set name that is not one of the accepted forms."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class NoiseSpec:
-    kind: str  # key of KINDS: "sym", "symx", "asym", "asym-super", "pair", "flip", "idn"
-    rate: float  # target noise rate in [0, 1]
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.rate:.2f}-s{self.seed}"
-
-    @property
-    def generator(self) -> str:
-        return KINDS[self.kind]
-
-    def rng(self) -> np.random.Generator:
-        # The kind is mixed into the seed so sym-0.40-s0 and pair-0.40-s0 draw unrelated streams.
-        # asym-super shares asym's stream: it then gives exactly the labels (and sha256) that CIFAR-100
-        # asym gave before asym followed the published blocks of 5.
-        stream = "asym" if self.kind == "asym-super" else self.kind
-        return np.random.default_rng([self.seed, zlib.crc32(stream.encode())])
-
-
-def parse_noise_spec(name: str) -> NoiseSpec:
-    m = _NAME_RE.match(name)
-    if not m or m.group("kind") not in KINDS:
-        raise NoiseSpecError(f"label set {name!r} is not a synthetic noise name; accepted forms: {ACCEPTED_FORMS}")
-    rate = float(m.group("rate"))
-    if rate > 1.0:
-        raise NoiseSpecError(f"label set {name!r}: rate {rate} is above 1; accepted forms: {ACCEPTED_FORMS}")
-    return NoiseSpec(kind=m.group("kind"), rate=rate, seed=int(m.group("seed")))
-
-
-def is_noise_spec(name: str) -> bool:
-    try:
-        parse_noise_spec(name)
-    except NoiseSpecError:
-        return False
-    return True
 
 
 def variant(spec: NoiseSpec, classes: list[str], coarse_labels: np.ndarray | None) -> str | None:
@@ -294,22 +229,6 @@ def variant(spec: NoiseSpec, classes: list[str], coarse_labels: np.ndarray | Non
     raise NoiseSpecError(
         f"{spec.name}: asymmetric noise is defined for CIFAR-10 classes or CIFAR-100 with its coarse "
         f"labels; this dataset has neither, use pair-{spec.rate:.2f}-s{spec.seed} instead"
-    )
-
-
-def outdated_label_set(name: str, params: dict) -> str | None:
-    """Why a label set recorded in a manifest no longer means what its name says now, or None: CIFAR-100
-    ``asym`` converted before it followed the published blocks of 5 (recorded variant
-    cifar100-superclass) must not pass for the new one."""
-    if not is_noise_spec(name):
-        return None
-    spec = parse_noise_spec(name)
-    if spec.kind != "asym" or params.get("variant") != "cifar100-superclass":
-        return None
-    return (
-        f"label set {name!r} was generated when CIFAR-100 asym meant true superclasses; asym now follows the "
-        f"published blocks of 5. Regenerate it with tools/make_shards.py --add-label-set --label-set {name} "
-        f"--force, or add asym-super-{spec.rate:.2f}-s{spec.seed}, which gives those old labels"
     )
 
 

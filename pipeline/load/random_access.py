@@ -1,10 +1,10 @@
 """Reading single samples out of the shards by idx, for loaders that train on a subset per epoch.
 
-The stream loaders read a split front to back; a per-epoch subset (pipeline/sampling.py) of a
+The stream loaders read a split front to back; a per-epoch subset (pipeline/load/sampling.py) of a
 large split would then decode everything to keep a fraction. Instead the DALI index files that
 sit beside every tar already say where each member's bytes are ("<ext> <offset> <size> <name>"
 per member, offsets of the data, not the header), and the member name is the 9-digit idx
-(pipeline/shards.py). So one parse of the index files gives idx -> (shard, offset, size) for the
+(pipeline/format/shards.py). So one parse of the index files gives idx -> (shard, offset, size) for the
 whole split, and a sample is one positioned read (os.pread) of `size` bytes: no tar parsing, and
 the page cache or the file system's read-ahead does the rest.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.dataset import Dataset, DatasetError
-from pipeline.shards import DALI_INDEX_VERSION, IDX_EXT
+from pipeline.format.dataset import Dataset, DatasetError
+from pipeline.format.shards import DALI_INDEX_VERSION, IDX_EXT
 
 
 class ShardRandomAccess:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources.base import (
+from pipeline.make.sources.base import (
     FileRecords,
     Source,
     SourceError,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources.base import (
+from pipeline.make.sources.base import (
     IMAGE_EXTS,
     FileRecords,
     Source,

@@ -26,9 +26,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from pipeline import noise
 from pipeline.errors import UserError
-from pipeline.shards import sha256_file
+from pipeline.format.label_sets import outdated_label_set
+from pipeline.format.shards import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ class Dataset:
                 f"{self.path}: split {split!r} has no label set {name!r}; it has {sorted(sets)}. "
                 f"Add one with tools/make_shards.py --add-label-set"
             )
-        outdated = noise.outdated_label_set(name, sets[name].params)
+        outdated = outdated_label_set(name, sets[name].params)
         if outdated:
             raise DatasetError(f"{self.path}, split {split!r}: {outdated}")
         return sets[name]

@@ -1,6 +1,6 @@
 """The epoch plan every loader follows: the per-process split, the epoch's order, the seeds.
 
-Below the loaders (pipeline/loader.py and the three modes import it; it imports none of them).
+Below the loaders (pipeline/load/loader.py and the three modes import it; it imports none of them).
 
 Every loader gives the same number of steps in every process, because a distributed step is a
 collective: one process with an extra batch would wait forever for the others. `epoch_plan` is
@@ -11,11 +11,16 @@ the one rule:
   * every process takes steps = ceil(min part size / B) steps;
   * a process whose part would need one more batch merges its surplus into its last batch, so
     each sample still appears exactly once per epoch and no padding sample is ever yielded.
+
+Every random draw of a loader comes from `derive_seed(seed, epoch, purpose, process_index)`, one
+stream per :class:`SeedPurpose`: an epoch's draws never depend on the epochs before it, so a resumed
+run draws what an uninterrupted one would (DESIGN.md rule 7).
 """
 
 from __future__ import annotations
 
 import math
+from enum import IntEnum, unique
 
 import numpy as np
 import torch
@@ -53,9 +58,32 @@ def epoch_plan(n: int, batch_size: int, process_index: int, num_processes: int) 
     return (start, stop), batch_bounds(stop - start, steps, batch_size)
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, epoch, purpose): independent streams, stable across runs."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+@unique
+class SeedPurpose(IntEnum):
+    """What a derived seed is for; "per process" streams take the process index as derive_seed's own
+    argument. Never add the index to a purpose: `1 + process_index` once made process 2's
+    augmentation seed the fallback loader's shuffle seed. The values are the integers the loaders
+    used before they had names, so the streams that did not collide draw what they drew then.
+    """
+
+    ORDER = 0  # the epoch's permutation of the kept idx (shared)
+    AUGMENT = 1  # crop and flip of the batched torch ops: cache, fallback, DALI's cifar kind (per process)
+    DALI = 2  # the DALI pipeline: its reader's shuffle buffer, the imagenet kind's augmentation (per process)
+    SHUFFLE = 3  # the fallback's shuffle buffer over its streamed part (shared: the parts differ)
+    STRONG = 4  # the strong view (per process)
+    WEAK2 = 5  # the second weak view (per process)
+
+
+def derive_seed(seed: int, epoch: int, purpose: SeedPurpose, process_index: int = 0) -> int:
+    """A 63-bit seed for one stream, independent across (seed, epoch, purpose, process) and stable
+    across runs and machines; process_index is 0 for a stream every process shares.
+
+    Always four words: SeedSequence pads its entropy with zeros, so a shorter call would equal a
+    longer one ending in 0 ([s, e, 3] is [s, e, 3, 0]). It also means process 0's seeds are the
+    three-word seeds the loaders drew before the process index was an argument.
+    """
+    words = [int(seed), int(epoch), int(SeedPurpose(purpose)), int(process_index)]
+    return int(np.random.SeedSequence(words).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def epoch_order(kept_idx: np.ndarray, seed: int, epoch: int, train: bool) -> np.ndarray:
@@ -64,13 +92,13 @@ def epoch_order(kept_idx: np.ndarray, seed: int, epoch: int, train: bool) -> np.
     cache, and the stream modes reading by idx) slice their part of it with epoch_plan."""
     if not train:
         return kept_idx
-    perm = torch.randperm(len(kept_idx), generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 0)))
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, SeedPurpose.ORDER))
+    perm = torch.randperm(len(kept_idx), generator=generator)
     return kept_idx[perm.numpy()]
 
 
-# derive_seed purposes: 0 order, 1+r cache/fallback augment, 2 DALI, 3 shuffle/DALI augment, then one per
-# extra view (the strong view keeps 4, so adding views leaves its draws as they were)
-VIEW_PURPOSES = {"strong": 4, "weak2": 5}
+# one purpose per view beyond "weak" (which takes AUGMENT's draws): adding a view changes no other view
+VIEW_PURPOSES = {"strong": SeedPurpose.STRONG, "weak2": SeedPurpose.WEAK2}
 
 
 def view_generators(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources.base import FileRecords, Source, SourceError, SourceSplit
+from pipeline.make.sources.base import FileRecords, Source, SourceError, SourceSplit
 
 log = logging.getLogger(__name__)
 
