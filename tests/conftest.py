@@ -2,7 +2,8 @@
 
 The images come from the shipped demo subset (tools/demo/cifar10-demo.tar.gz, tests/support/demo_data.py),
 so no test needs the full data; tests that do (CIFAR-N joins on all 50,000 images) use ``shared_cifar10``
-and skip with a reason when ../shared/data/cifar10 is absent.
+and skip with a reason when ../shared/data/cifar10 is absent. Every converted dataset of the tests is
+built by tests/support/datasets.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from support.demo_data import DEMO_ARCHIVE, SHARED_CIFAR10, TINY_SAMPLES_PER_SHARD, make_shards_main, write_image_tree
+from support.datasets import TINY, make_dataset
+from support.demo_data import DEMO_ARCHIVE, SHARED_CIFAR10
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +33,8 @@ def shared_cifar10() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, demo_archive) -> Path:
-    """A converted dataset: train (200 images, 4 shards) + test (50), 10 CIFAR-10 classes, real JPEGs,
-    label sets `clean` and `sym-0.40-s0` on train, `clean` on test, and the train mask
+    """A converted dataset: train (200 images, shards of 64: 64, 64, 64, 8) + test (50), 10 CIFAR-10 classes,
+    real JPEGs, label sets `clean` and `sym-0.40-s0` on train, `clean` on test, and the train mask
     `clean-subset-20-s0` (a class-balanced clean meta subset of 20). Returns the dataset directory."""
-    main = make_shards_main()
-    base = tmp_path_factory.mktemp("tiny")
-    tree = write_image_tree(base / "tiny-src")
-    rc = main([
-        "--source", str(tree), "--name", "tiny", "--out", str(base / "data"),
-        "--label-set", "sym-0.40-s0", "--samples-per-shard", str(TINY_SAMPLES_PER_SHARD), "--no-progress",
-        "--clean-subset", "20",
-    ])
-    assert rc == 0, "make_shards failed to build the tiny dataset"
-    return base / "data" / "tiny"
+    return make_dataset(tmp_path_factory.mktemp("tiny"), "tiny", TINY, per_shard=64, label_sets=("sym-0.40-s0",),
+                        clean_subset=20)

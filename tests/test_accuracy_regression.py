@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support.demo_data import make_shards_main, write_image_tree
+from support.datasets import make_dataset
 from training.run import main as run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +32,8 @@ def _tail_mean(run: Path) -> float:
 
 @pytest.fixture(scope="module")
 def small_regime(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("regime")
-    tree = write_image_tree(base / "src", per_class={"train": 100, "test": 50})
-    assert make_shards_main()(["--source", str(tree), "--name", "small", "--out", str(base / "data"),
-                               "--label-set", "sym-0.40-s0", "--no-progress"]) == 0
-    return base / "data" / "small"
+    return make_dataset(tmp_path_factory.mktemp("regime"), "small", {"train": 1000, "test": 500}, per_shard=5000,
+                        label_sets=("sym-0.40-s0",))  # 100 and 50 demo JPEGs a class; one shard a split
 
 
 def _train(dataset: Path, out: Path, name: str, *method: str) -> Path:

@@ -20,9 +20,9 @@ from pipeline.load.epochs import SeedPurpose, batch_bounds, derive_seed, epoch_p
 from pipeline.load.loader import dali_available, make_loader
 from pipeline.load.webdataset_loader import WebDatasetLoader
 
+from support.datasets import make_dataset
 from support.launch import launch_cpu
 from support.loader_data import build_loader as build
-from support.loader_data import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["cache", "dali", "webdataset"]
@@ -30,19 +30,15 @@ needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia.dali is not
 
 
 @pytest.fixture(scope="session")
-def loader_dataset(request, tmp_path_factory) -> Dataset:
-    """tests/conftest.py's tiny_dataset when it provides one, else a small one of our own."""
-    try:
-        tiny = request.getfixturevalue("tiny_dataset")
-    except pytest.FixtureLookupError:
-        return Dataset(make_dataset(tmp_path_factory.mktemp("loader") / "tiny"))
-    return tiny if isinstance(tiny, Dataset) else Dataset(tiny)
+def loader_dataset(tiny_dataset) -> Dataset:
+    """tests/conftest.py's tiny_dataset: 200 train samples in shards of 64, the 20-sample clean subset."""
+    return Dataset(tiny_dataset)
 
 
 @pytest.fixture(scope="session")
 def odd_dataset(tmp_path_factory) -> Dataset:
-    """An imagenet-kind dataset: 40x48 images (not square, not the output size)."""
-    return Dataset(make_dataset(tmp_path_factory.mktemp("loader") / "odd", {"train": 37}, side=40, per_shard=10))
+    """An imagenet-kind dataset: 37 train images 40 px high and 48 wide (not square, not the output size)."""
+    return Dataset(make_dataset(tmp_path_factory.mktemp("loader"), "odd", {"train": 37}, side=(40, 48), per_shard=10))
 
 
 def epoch_idx(loader) -> list[int]:

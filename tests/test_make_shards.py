@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.datasets import source_tree
 from support.demo_data import DEMO_CIFAR_N, make_shards_main, tar_tree, write_image_tree
 from test_sources import write_cifar100_python
 
@@ -36,7 +37,7 @@ def _leftovers(out: Path) -> list[str]:
 def test_tiny_dataset_round_trip_every_idx_once_and_labels_match_keys(tiny_dataset):
     ds = Dataset(tiny_dataset)
     ds.verify()
-    src = tiny_dataset.parent.parent / "tiny-src"
+    src = source_tree(tiny_dataset)
     for split, n in (("train", 200), ("test", 50)):
         assert ds.num_samples(split) == n
         seen = []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from support.loader_data import build_loader, make_dataset
+from support.datasets import make_dataset
+from support.loader_data import build_loader
 from pipeline.format.dataset import Dataset, DatasetError
 from pipeline.format.shards import read_shard
 from pipeline.load import transforms as T
@@ -84,7 +85,10 @@ def test_balanced_quotas_water_fills():
 
 @pytest.fixture(scope="module")
 def sampled_dataset(tmp_path_factory) -> Dataset:
-    return Dataset(make_dataset(tmp_path_factory.mktemp("sampling") / "tiny"))  # 203 train, 10 classes
+    """203 train samples (shards of 64, the last of 11) and 57 test ones, 10 classes, generated 32x32 pictures,
+    the train mask clean-subset-20-s0."""
+    return Dataset(make_dataset(tmp_path_factory.mktemp("sampling"), "sampled", {"train": 203, "test": 57}, side=32,
+                                clean_subset=20))
 
 
 def _reference_images(dataset: Dataset) -> torch.Tensor:

@@ -12,8 +12,8 @@ from pipeline.format.dataset import Dataset
 from pipeline.load import transforms as T
 from pipeline.load.loader import dali_available, make_loader
 
+from support.datasets import make_dataset
 from support.loader_data import build_loader as _build
-from support.loader_data import make_dataset
 
 KINDS = ["cache", "dali", "webdataset"]
 VIEWS = ("weak", "strong")
@@ -274,7 +274,8 @@ def test_train_views_rejects_unknown_names():
 
 @pytest.fixture(scope="session")
 def views_dataset(tmp_path_factory) -> Dataset:
-    return Dataset(make_dataset(tmp_path_factory.mktemp("views") / "tiny", {"train": 48, "test": 24}, per_shard=32))
+    return Dataset(make_dataset(tmp_path_factory.mktemp("views"), "views", {"train": 48, "test": 24}, side=32,
+                                per_shard=32))
 
 
 def _by_idx(batches, key):
