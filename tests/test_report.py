@@ -27,6 +27,12 @@ def test_table_reports_tail_mean_difference_memorised_and_method_diagnostics():
     assert ce_cells[11] == "-"  # CE has no diagnostics of its own
 
 
+
+def test_diagnostics_put_aurocs_first_and_leave_timings_out():
+    run = _results("surrogate", [0.5], weight_right=0.9, pass_seconds=7.0, weight_wrong=0.2, weight_auroc=0.75)
+    assert report.diagnostics(run) == "weight_auroc 0.750, weight_right 0.900, weight_wrong 0.200"
+
+
 def test_plot_curves_writes_a_png(tmp_path):
     runs = [_results("ce", [0.2, 0.4, 0.3]), _results("selc", [0.2, 0.4, 0.45])]
     runs[0]["dataset"] = runs[1]["dataset"] = "d"
