@@ -24,6 +24,7 @@ from training.methods.dividemix import (CLEAN_PROB, clean_probability, co_guess,
                                         linear_rampup, mixmatch, negative_entropy, semi_loss,
                                         uniform_prior_penalty)
 from training.run import main
+from training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 3
@@ -65,6 +66,116 @@ def test_clean_probability_is_the_posterior_of_the_smaller_loss_component_after_
     prob = clean_probability(3.0 * x + 2.0)  # an affine change of the losses: the same after min-max
     np.testing.assert_allclose(prob, clean_probability(x), atol=1e-9)
     assert ((prob > 0.5) == first).mean() > 0.97 and prob[first].mean() > 0.9
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss history (the authors' 5-epoch average at 90 % symmetric noise)
+
+# Hand-made per-epoch losses (6 samples, columns "model" and "peer"), each column spanning exactly [0, 1],
+# so min-max normalisation leaves them as they are and the means can be written down.
+EPOCH_LOSSES = [torch.tensor([[0.0, 1.0], [0.25, 0.0], [0.5, 0.75], [1.0, 0.5], [0.125, 0.25], [0.75, 0.5]]),
+                torch.tensor([[0.5, 0.5], [0.0, 1.0], [1.0, 0.0], [0.25, 0.25], [0.75, 0.125], [0.5, 0.75]]),
+                torch.tensor([[1.0, 0.0], [0.75, 0.5], [0.0, 1.0], [0.5, 0.75], [0.25, 0.5], [0.125, 0.25]]),
+                torch.tensor([[0.25, 0.75], [1.0, 0.25], [0.5, 0.5], [0.0, 1.0], [0.75, 0.0], [0.5, 0.125]])]
+
+
+def _divide(method, run, epoch, losses, fitted):
+    """One co-divide at `epoch` on hand-made raw losses (6, 2); appends what each mixture was fitted to."""
+    run.epoch = epoch
+    run.eval_train = lambda fn: (torch.arange(losses.shape[0]), losses)
+    before = len(fitted)
+    method.on_epoch_start(run)
+    assert len(fitted) == before + 2  # one mixture per network
+
+
+@pytest.fixture
+def fitted(monkeypatch):
+    """What fit_gmm is given, one (n,) array per call."""
+    seen = []
+
+    def spy(x, **kwargs):
+        seen.append(np.array(x, dtype=np.float64))
+        return fit_gmm(x, **kwargs)
+
+    monkeypatch.setattr(dividemix, "fit_gmm", spy)
+    return seen
+
+
+def _history_method(loss_history, n=6):
+    return make_method([i % K for i in range(n)], warmup_epochs=0, loss_history=loss_history)
+
+
+def test_loss_history_of_one_gives_exactly_the_one_epoch_division(fitted):
+    method = _history_method(1, n=40)
+    run = make_run(method)
+    assert run.store.names == [CLEAN_PROB]  # nothing more to keep or checkpoint
+    rng = np.random.default_rng(0)
+    for epoch in range(3):
+        losses = torch.from_numpy(np.abs(rng.normal(1.0, 1.0, (40, 2)))).float()  # raw, not normalised
+        _divide(method, run, epoch, losses, fitted)
+        expected = np.stack([clean_probability(losses[:, j].double().numpy()) for j in range(2)], axis=1)
+        np.testing.assert_array_equal(run.store[CLEAN_PROB], expected.astype(np.float32))
+        np.testing.assert_array_equal(fitted[-2], dividemix.min_max(losses[:, 0].double().numpy()))
+
+
+def test_loss_history_of_three_fits_the_mixture_to_the_mean_of_the_last_three_epochs(fitted):
+    method = _history_method(3)
+    run = make_run(method)
+    for epoch in range(3):
+        _divide(method, run, epoch, EPOCH_LOSSES[epoch], fitted)
+        mean = torch.stack(EPOCH_LOSSES[: epoch + 1]).double().mean(dim=0).numpy()  # (6, 2): what exists so far
+        for j in range(2):
+            np.testing.assert_allclose(fitted[-2 + j], mean[:, j], rtol=0, atol=1e-12)
+    # e.g. sample 0 of "model" at the third division: (0 + 0.5 + 1) / 3
+    assert fitted[-2][0] == pytest.approx(0.5)
+    np.testing.assert_array_equal(run.store[dividemix.LOSS_HISTORY],
+                                  torch.stack(EPOCH_LOSSES[2::-1], dim=1).numpy())  # (6, 3, 2), newest first
+
+
+def test_loss_history_averages_each_epochs_normalised_losses_not_the_raw_ones(fitted):
+    # the authors normalise every epoch's vector before it joins the history: a later epoch with losses
+    # ten times larger (plus 3) must weigh no more than the first, and the mean is not normalised again
+    method = _history_method(2)
+    run = make_run(method)
+    _divide(method, run, 0, EPOCH_LOSSES[0], fitted)
+    _divide(method, run, 1, 10 * EPOCH_LOSSES[1] + 3, fitted)
+    expected = ((EPOCH_LOSSES[0] + EPOCH_LOSSES[1]).double() / 2).numpy()
+    for j in range(2):
+        np.testing.assert_allclose(fitted[-2 + j], expected[:, j], rtol=0, atol=1e-6)
+
+
+def test_loss_history_drops_the_oldest_epoch_beyond_its_length(fitted):
+    method = _history_method(2)
+    run = make_run(method)
+    for epoch in range(4):
+        _divide(method, run, epoch, EPOCH_LOSSES[epoch], fitted)
+    last_two = ((EPOCH_LOSSES[2] + EPOCH_LOSSES[3]).double() / 2).numpy()  # epochs 0 and 1 are gone
+    for j in range(2):
+        np.testing.assert_allclose(fitted[-2 + j], last_two[:, j], rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(run.store[dividemix.LOSS_HISTORY],
+                                  torch.stack([EPOCH_LOSSES[3], EPOCH_LOSSES[2]], dim=1).numpy())
+
+
+def test_loss_history_survives_a_checkpoint_and_resume(fitted, tmp_path):
+    """The history lives in the sample store: the trainer snapshots it, the checkpoint names the snapshot,
+    and --resume loads it (store.state_dict -> load_state_dict), beside the method's own state_dict."""
+    method = _history_method(3)
+    run = make_run(method)
+    for epoch in range(2):
+        _divide(method, run, epoch, EPOCH_LOSSES[epoch], fitted)
+    run.store.snapshot(tmp_path / "state.zarr", "epoch-0001")
+    resumed = _history_method(3)
+    resumed_run = make_run(resumed)
+    resumed_run.store.load_state_dict(run.store.state_dict())
+    resumed.load_state_dict(method.state_dict())
+    _divide(method, run, 2, EPOCH_LOSSES[2], fitted)
+    uninterrupted = fitted[-2:]
+    _divide(resumed, resumed_run, 2, EPOCH_LOSSES[2], fitted)
+    for j in range(2):
+        np.testing.assert_array_equal(fitted[-2 + j], uninterrupted[j])
+    np.testing.assert_allclose(fitted[-2], torch.stack(EPOCH_LOSSES[:3]).double().mean(dim=0)[:, 0].numpy(),
+                               rtol=0, atol=1e-12)  # all three epochs, two of them from before the resume
+    np.testing.assert_array_equal(resumed_run.store[CLEAN_PROB], run.store[CLEAN_PROB])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,15 +288,50 @@ def test_one_warm_up_epoch_then_one_dividemix_epoch_on_the_tiny_dataset(tiny_dat
     assert not np.array_equal(prob[:, 0], prob[:, 1])  # two networks, two divisions
 
 
+@pytest.mark.parametrize("placement", ["host", "device"])  # numpy + numba, or torch tables (here on the CPU)
+def test_loss_history_runs_end_to_end_and_is_saved_with_the_store(tiny_dataset, tmp_path, placement):
+    args = (*RUN, "epochs=3", "method.params.loss_history=2", f"state.placement={placement}")
+    assert main(_args(tiny_dataset, tmp_path, *args)) == 0
+    history = StateReader(tmp_path / "r" / "state.zarr").array(dividemix.LOSS_HISTORY)
+    assert history.shape == (200, 2, 2)  # (N, H, networks): divisions at the starts of epochs 1 and 2
+    assert ((history >= 0) & (history <= 1)).all() and not np.array_equal(history[:, 0], history[:, 1])
+    assert history[:, 0].min(axis=0).tolist() == [0, 0] and history[:, 0].max(axis=0).tolist() == [1, 1]
+
+
 @pytest.mark.slow
-def test_two_processes_divide_identically(tiny_dataset, tmp_path):
+def test_loss_history_run_resumed_after_a_crash_matches_the_uninterrupted_run(tiny_dataset, tmp_path,
+                                                                            monkeypatch):
+    args = (*RUN, "epochs=4", "method.params.loss_history=3", "deterministic=true")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(_args(tiny_dataset, straight, *args)) == 0
+    original = Trainer._train_epoch
+
+    def crash_in_fourth_epoch(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_fourth_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(tiny_dataset, broken, *args))
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert main(_args(tiny_dataset, broken, *args, "--resume")) == 0
+    for name in (CLEAN_PROB, dividemix.LOSS_HISTORY):
+        np.testing.assert_array_equal(StateReader(broken / "r" / "state.zarr").array(name),
+                                      StateReader(straight / "r" / "state.zarr").array(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, divisions", [((), 1), (("epochs=3", "method.params.loss_history=2"), 2)])
+def test_two_processes_divide_identically(tiny_dataset, tmp_path, extra, divisions):
     """Two real CPU processes (gloo): each gathers every sample's loss once and fits the same mixture
-    itself (compared before the store, whose gather would otherwise keep process 0's rows)."""
-    overrides = _args(tiny_dataset, tmp_path, *RUN, "cpu=true")[2:]  # drop --config: the worker loads demo_cpu
+    itself (compared before the store, whose gather would otherwise keep process 0's rows), also when the
+    mixture is fitted to the loss history kept in the store."""
+    overrides = _args(tiny_dataset, tmp_path, *RUN, "cpu=true", *extra)[2:]  # drop --config: the worker loads demo_cpu
     proc = launch_cpu(2, ROOT / "tests" / "support" / "dividemix_worker.py", str(tmp_path), *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second = (np.load(tmp_path / f"rank-{r}.npz") for r in (0, 1))
-    assert first["computed"].shape == (2, 200)  # one division per network, over all 200 samples
+    assert first["computed"].shape == (2 * divisions, 200)  # one mixture per network and division, all 200 samples
     np.testing.assert_array_equal(first["computed"], second["computed"])
     np.testing.assert_array_equal(first["stored"], second["stored"])
-    np.testing.assert_allclose(first["stored"], first["computed"].T, rtol=1e-6)
+    np.testing.assert_allclose(first["stored"], first["computed"][-2:].T, rtol=1e-6)

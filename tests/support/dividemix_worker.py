@@ -1,5 +1,5 @@
 """A DivideMix run through the Trainer in 1 or N processes; each process saves the clean probabilities
-it computed itself (every call of clean_probability, before the store's gather could hide a difference)
+it computed itself (every call of mixture_clean_probability, before the store's gather could hide a difference)
 and its copy of the stored clean_prob to <out>/rank-<rank>.npz (tests/test_dividemix.py compares them).
 
     PYTHONPATH=. python tests/support/dividemix_worker.py OUT key=value ...   (or through accelerate launch, see launch.py)
@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main(out: Path, overrides: list[str]) -> None:
     computed = []
-    fit = dividemix.clean_probability
+    fit = dividemix.mixture_clean_probability
 
-    def recording(losses):
-        computed.append(fit(losses))
+    def recording(x):
+        computed.append(fit(x))
         return computed[-1]
 
-    dividemix.clean_probability = recording
+    dividemix.mixture_clean_probability = recording
     trainer = Trainer(load_config(ROOT / "training/configs/demo_cpu.yaml", overrides))
     trainer.fit()
     np.savez(out / f"rank-{trainer.accelerator.process_index}.npz", computed=np.stack(computed),

@@ -1,6 +1,8 @@
 """DivideMix (Li, Socher, Hoi, ICLR 2020): noisy labels as semi-supervised learning, two networks.
 State: clean_prob[N, 2] float32, P(clean label) of each sample from network j's loss mixture (column 0
-"model", column 1 "peer"; -1 before the first division), for the step, the diagnostics and the record.
+"model", column 1 "peer"; -1 before the first division), for the step, the diagnostics and the record;
+with loss_history H > 1 also loss_history[N, H, 2] float32, each network's normalised losses of the
+last H divisions, newest first (-1 where none yet).
 
 Warm-up (epoch < warmup_epochs): both networks train with CE on the given labels (plus the negative
 entropy mean_i sum_k p_ik log p_ik, a penalty on confident predictions, with warmup_penalty: the
@@ -8,12 +10,19 @@ authors' setting for asymmetric noise, whose wrong labels a network otherwise fi
 
 Then at every epoch start (Algorithm 1):
   co-divide  an eval pass over the training split (eval transform) gives each network's per-sample CE
-             on the given labels; each loss vector, normalised to [0, 1], gets a two-component 1-D
-             Gaussian mixture (the authors' sklearn settings: reg_covar 5e-4, tol 1e-2, max_iter 10;
-             `fit_gmm` below is that EM in numpy, deterministic, so every process divides alike);
+             on the given labels; each loss vector is min-max normalised to [0, 1], gets a two-component
+             1-D Gaussian mixture (the authors' sklearn settings: reg_covar 5e-4, tol 1e-2, max_iter 10;
+             `fit_gmm` below is that EM in numpy, deterministic, so every process divides alike), and
              w_i = the posterior of the smaller-mean component. Each network trains on the division
              made by the OTHER one (labelled: w_i > p_threshold, with its w_i; unlabelled: the rest),
              so a network's own selection errors are not fed back into it.
+  history    with loss_history H > 1 the mixture is fitted instead to each sample's mean of its
+             normalised losses over the last H divisions (fewer while fewer exist), not normalised
+             again: the authors' CIFAR script does this with H = 5 at 90 % symmetric noise ("to improve
+             convergence stability"; it normalises each epoch's vector, appends it to a per-network list
+             and averages the last 5), and uses one epoch otherwise. The history is per-sample state,
+             so it lives in the sample store, which the trainer snapshots with every checkpoint: a
+             --resume averages over the same epochs as an uninterrupted run.
 Per batch, for each network in turn ("model", then "peer"), with two weak views of every sample:
   co-refinement  labelled targets  sharpen(w y + (1 - w) mean_views p_net, T)
   co-guessing    unlabelled targets sharpen(mean over both views and both networks of p, T), the other
@@ -53,6 +62,7 @@ from training.evaluation import auroc
 from training.methods.base import DataNeeds, EpochReport, Method, Run, StepOutput
 
 CLEAN_PROB = "clean_prob"
+LOSS_HISTORY = "loss_history"
 NETS = ("model", "peer")  # column j of clean_prob belongs to NETS[j]
 GMM_REG_COVAR, GMM_TOL, GMM_MAX_ITER = 5e-4, 1e-2, 10  # the authors' GaussianMixture settings
 
@@ -68,6 +78,9 @@ class DivideMixConfig(BaseModel):
     rampup_epochs: float = Field(16, gt=0)  # epochs over which lambda_u grows linearly after warm-up
     warmup_penalty: bool = False  # negative-entropy penalty during warm-up (the authors: asymmetric noise)
     uniform_prior: bool = True  # the regulariser towards a uniform mean prediction
+    # divisions whose normalised losses are averaged per sample before the mixture is fitted (the authors:
+    # 5 at 90 % symmetric noise, 1 otherwise); above 1 the sample store keeps them (loss_history[N, H, 2])
+    loss_history: int = Field(1, ge=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,13 +136,23 @@ def gmm_posterior(x: np.ndarray, means, variances, weights) -> np.ndarray:
     return np.exp(log_joint - np.logaddexp(log_joint[:, 0], log_joint[:, 1])[:, None])
 
 
-def clean_probability(losses: np.ndarray) -> np.ndarray:
-    """Per-sample losses (n,) -> P(clean) (n,): losses min-max normalised to [0, 1], the mixture fitted,
-    the posterior of its smaller-mean component (small loss: a label the network fits early)."""
+def min_max(losses: np.ndarray) -> np.ndarray:
+    """Per-sample losses (n,) -> (n,) float64 in [0, 1]: (l - min) / (max - min)."""
     losses = np.asarray(losses, dtype=np.float64)
-    normalised = (losses - losses.min()) / max(losses.max() - losses.min(), np.finfo(np.float64).tiny)
-    means, variances, weights = fit_gmm(normalised)
-    return gmm_posterior(normalised, means, variances, weights)[:, int(np.argmin(means))]
+    return (losses - losses.min()) / max(losses.max() - losses.min(), np.finfo(np.float64).tiny)
+
+
+def mixture_clean_probability(x: np.ndarray) -> np.ndarray:
+    """Normalised (or history-averaged) losses (n,) -> P(clean) (n,): the mixture fitted to x as given, the
+    posterior of its smaller-mean component (small loss: a label the network fits early)."""
+    x = np.asarray(x, dtype=np.float64)
+    means, variances, weights = fit_gmm(x)
+    return gmm_posterior(x, means, variances, weights)[:, int(np.argmin(means))]
+
+
+def clean_probability(losses: np.ndarray) -> np.ndarray:
+    """Per-sample losses (n,) -> P(clean) (n,) of one epoch: min-max normalised, then the mixture."""
+    return mixture_clean_probability(min_max(losses))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +224,10 @@ class DivideMix(Method):
         self._step = 0  # batches taken this epoch, for the fractional epoch of the ramp
 
     def state_arrays(self) -> list[ArraySpec]:
-        return [ArraySpec(CLEAN_PROB, (len(NETS),), "float32", -1.0)]
+        specs = [ArraySpec(CLEAN_PROB, (len(NETS),), "float32", -1.0)]
+        if self.config.loss_history > 1:  # in the store, so that it is checkpointed with the division it feeds
+            specs.append(ArraySpec(LOSS_HISTORY, (self.config.loss_history, len(NETS)), "float32", -1.0))
+        return specs
 
     def build_models(self) -> dict[str, nn.Module]:
         return {name: self.ctx.build_model() for name in NETS}  # two initialisations, diverged from the start
@@ -223,8 +249,20 @@ class DivideMix(Method):
             return
         idx, losses = run.eval_train(self._losses)  # (n,), (n, 2): every training sample once, by idx
         losses = losses.double().cpu().numpy()
-        prob = np.stack([clean_probability(losses[:, j]) for j in range(len(NETS))], axis=1)  # (n, 2)
+        x = np.stack([min_max(losses[:, j]) for j in range(len(NETS))], axis=1)  # (n, 2) in [0, 1]
+        if self.config.loss_history > 1:
+            x = self._history_mean(run, idx, x)
+        prob = np.stack([mixture_clean_probability(x[:, j]) for j in range(len(NETS))], axis=1)  # (n, 2)
         run.store.set(CLEAN_PROB, idx, torch.from_numpy(prob).to(idx.device))
+
+    def _history_mean(self, run: Run, idx: torch.Tensor, normalised: np.ndarray) -> np.ndarray:
+        """Pushes this epoch's normalised losses (n, 2) into the samples' histories (newest first; the oldest
+        of H drops out) and returns each sample's mean over the epochs its history holds (n, 2)."""
+        past = np.asarray(torch.as_tensor(run.store.gather(LOSS_HISTORY, idx)).cpu())  # (n, H, 2), -1: empty
+        history = np.concatenate([normalised[:, None].astype(np.float32), past[:, :-1]], axis=1)  # (n, H, 2)
+        run.store.set(LOSS_HISTORY, idx, torch.from_numpy(history).to(idx.device))
+        held = history >= 0  # a normalised loss is never negative
+        return np.where(held, history, 0).sum(axis=1, dtype=np.float64) / held.sum(axis=1)
 
     # ------------------------------------------------------------------ steps
 

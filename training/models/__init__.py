@@ -14,6 +14,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from training.models.by_name import PREFIXES
 from training.models.resnet_cifar import resnet18, resnet32, resnet34
+from training.models.preact_resnet import preact_resnet18
 from training.models.pretrained import load_backbone
 from training.models.resnet_imagenet import ResNet50
 from training.models.timm_models import inception_resnet_v2, vgg19_bn
@@ -21,6 +22,7 @@ from training.models.tiny_cnn import TinyCNN
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "tiny_cnn": TinyCNN,
+    "preact_resnet18": preact_resnet18,
     "resnet18": resnet18,
     "resnet32": resnet32,
     "resnet34": resnet34,
