@@ -280,7 +280,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_ctrl_c_of_make_shards_is_quiet_and_resumable(tmp_path):
-    tree = write_image_tree(tmp_path / "src", {"train": 10})
+    tree = write_image_tree(tmp_path / "src", {"train": 32})  # 320 images: 5 chunks of 64 (shard_stream.CHUNK)
     proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "--source", str(tree), "--name", "x", "--out",
                              str(tmp_path / "out"), "--workers", "2", "--samples-per-shard", "2", "--no-progress"],
                             cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
