@@ -264,7 +264,8 @@ def test_lock_is_free_after_kill_9_even_while_workers_run(tmp_path):
 
 
 SLOW_CONVERT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal: a background job inherits SIGINT ignored
 import pipeline.make.shard_stream as s
 real = s._encode_chunk
 def slow(*args):
