@@ -20,8 +20,10 @@ The authors pool with a fixed 4x4 window (global on 32x32 inputs); here the pool
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from training.models.resnet_cifar import CifarResNet
 
 
 class PreActBlock(nn.Module):
@@ -43,29 +45,6 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
-    """Stem conv3x3 + BN + ReLU -> stages of PreActBlocks -> global average pool -> fc.
-    `features(x)` returns the pooled (B, C) features the classifier sees."""
-
-    def __init__(self, blocks: list[int], widths: list[int], num_classes: int):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
-        layers, in_ch = [], widths[0]
-        for i, (n, width) in enumerate(zip(blocks, widths)):
-            for j in range(n):
-                layers.append(PreActBlock(in_ch, width, 2 if (j == 0 and i > 0) else 1))
-                in_ch = width
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(in_ch, num_classes)
-        self.num_features = in_ch
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(self.stem(x))  # (B, C, H / 8, W / 8)
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)  # (B, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))  # (B, num_classes)
-
-
-def preact_resnet18(num_classes: int) -> PreActResNet:
-    return PreActResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes)
+def preact_resnet18(num_classes: int) -> CifarResNet:
+    """The CIFAR ResNet-18 layout (stem conv3x3 + BN + ReLU, global pool, fc) with pre-activation blocks."""
+    return CifarResNet([2, 2, 2, 2], [64, 128, 256, 512], num_classes, block=PreActBlock)

@@ -27,16 +27,18 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Stem conv3x3 -> stages of BasicBlocks -> global average pool -> fc.
+    """Stem conv3x3 + BN + ReLU -> stages of blocks -> global average pool -> fc.
     `features(x)` returns the pooled (B, C) features the classifier sees."""
 
-    def __init__(self, blocks: list[int], widths: list[int], num_classes: int):
+    def __init__(self, blocks: list[int], widths: list[int], num_classes: int,
+                 block: type[nn.Module] = BasicBlock):
+        """block(in_ch, out_ch, stride): BasicBlock, or e.g. models.preact_resnet.PreActBlock."""
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, in_ch = [], widths[0]
         for i, (n, width) in enumerate(zip(blocks, widths)):
             for j in range(n):
-                layers.append(BasicBlock(in_ch, width, 2 if (j == 0 and i > 0) else 1))
+                layers.append(block(in_ch, width, 2 if (j == 0 and i > 0) else 1))
                 in_ch = width
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(in_ch, num_classes)
