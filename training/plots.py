@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from training.outputs import write_atomic
 
 
 def save_figure(fig: Figure, path: Path) -> None:
     """Render to memory, then replace `path` in one rename: a crash never leaves half a PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def class_name(names: list[str], k: int) -> str:

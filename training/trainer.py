@@ -324,7 +324,6 @@ class Trainer:
         for name, array in report.arrays.items():
             write_array(folder / name, array)
         for name, text in report.texts.items():
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / name, text)
 
     def _eval_train(self, fn: EvalFn) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,6 +90,13 @@ def class_balanced_epoch(
     return selection[process_index * per_process:(process_index + 1) * per_process].astype(np.int64)
 
 
+def epoch_steps(samples: int, batch_size: int, num_processes: int) -> int:
+    """Batches every process takes in an epoch of `samples` (over all processes) in whole batches:
+    ceil(ceil(samples / batch_size) / num_processes) (class_balanced_epoch's rule)."""
+    batches = -(-samples // batch_size)
+    return -(-batches // num_processes)
+
+
 class BalancedEpochs:
     """A loader's per-epoch subset rule: `samples` training samples per epoch (over all processes),
     class-balanced by `labels`, drawn afresh each epoch by class_balanced_epoch.
@@ -109,8 +116,7 @@ class BalancedEpochs:
         return -(-self.samples // batch_size)
 
     def steps(self, batch_size: int, num_processes: int) -> int:
-        """Batches every process takes per epoch (class_balanced_epoch's rule)."""
-        return -(-self.num_batches(batch_size) // num_processes)
+        return epoch_steps(self.samples, batch_size, num_processes)
 
     def check(self, batch_size: int, num_processes: int, exclude: np.ndarray | None) -> None:
         """Fails early, naming the setting, when an epoch would need more samples than there are."""
@@ -163,7 +169,7 @@ class SelectedEpochs:
         self.mask = mask
 
     def steps(self, batch_size: int, num_processes: int) -> int:
-        return -(-(-(-self.kept // batch_size)) // num_processes)
+        return epoch_steps(self.kept, batch_size, num_processes)
 
     def check(self, batch_size: int, num_processes: int, exclude: np.ndarray | None) -> None:
         """Nothing can be too large: a small selection is repeated to fill the epoch."""
