@@ -20,8 +20,8 @@ from pipeline.load.batch import Batch
 from state.reader import StateReader
 from test_training import _args
 from training.methods import dividemix
-from training.methods.dividemix import (CLEAN_PROB, clean_probability, co_guess, co_refine, fit_gmm,
-                                        linear_rampup, mixmatch, negative_entropy, semi_loss,
+from training.methods.dividemix import (CLEAN_PROB, co_guess, co_refine, fit_gmm, linear_rampup, min_max,
+                                        mixmatch, mixture_clean_probability, negative_entropy, semi_loss,
                                         uniform_prior_penalty)
 from training.run import main
 from training.trainer import Trainer
@@ -63,8 +63,9 @@ def test_gmm_with_the_authors_settings_recovers_a_known_mixture_and_its_posterio
 
 def test_clean_probability_is_the_posterior_of_the_smaller_loss_component_after_normalising():
     x, _, first = _known_mixture()
-    prob = clean_probability(3.0 * x + 2.0)  # an affine change of the losses: the same after min-max
-    np.testing.assert_allclose(prob, clean_probability(x), atol=1e-9)
+    # an affine change of the losses: the same after min-max
+    prob = mixture_clean_probability(min_max(3.0 * x + 2.0))
+    np.testing.assert_allclose(prob, mixture_clean_probability(min_max(x)), atol=1e-9)
     assert ((prob > 0.5) == first).mean() > 0.97 and prob[first].mean() > 0.9
 
 
@@ -113,7 +114,8 @@ def test_loss_history_of_one_gives_exactly_the_one_epoch_division(fitted):
     for epoch in range(3):
         losses = torch.from_numpy(np.abs(rng.normal(1.0, 1.0, (40, 2)))).float()  # raw, not normalised
         _divide(method, run, epoch, losses, fitted)
-        expected = np.stack([clean_probability(losses[:, j].double().numpy()) for j in range(2)], axis=1)
+        expected = np.stack([mixture_clean_probability(min_max(losses[:, j].double().numpy())) for j in range(2)],
+                            axis=1)
         np.testing.assert_array_equal(run.store[CLEAN_PROB], expected.astype(np.float32))
         np.testing.assert_array_equal(fitted[-2], dividemix.min_max(losses[:, 0].double().numpy()))
 

@@ -150,11 +150,6 @@ def mixture_clean_probability(x: np.ndarray) -> np.ndarray:
     return gmm_posterior(x, means, variances, weights)[:, int(np.argmin(means))]
 
 
-def clean_probability(losses: np.ndarray) -> np.ndarray:
-    """Per-sample losses (n,) -> P(clean) (n,) of one epoch: min-max normalised, then the mixture."""
-    return mixture_clean_probability(min_max(losses))
-
-
 # ----------------------------------------------------------------------------------------------
 # Targets and MixMatch
 
