@@ -110,3 +110,19 @@ def test_score_counts_flags_against_the_clean_labels():
     assert (s["flagged"], s["precision"], s["recall"], s["suggested_acc"]) == (2, 0.5, 0.5, 1.0)
     # idx 1 (0.1) ranks below every right label, idx 3 (0.3) below two of the three: 5 of 6 pairs
     assert s["auroc"] == pytest.approx(5 / 6)
+
+
+def test_scoring_tables_in_sample_and_held_out_side_by_side(tiny_dataset, tmp_path):
+    score_main = load_tool("score_label_issues").main
+    assert run_main(_args(tiny_dataset, tmp_path, "epochs=2", "tracking.backend=none", *ALR)) == 0
+    run, md = tmp_path / "r", tmp_path / "RESULTS.md"
+    assert score_main([str(run), "--append", str(md)]) == 0
+    assert score_main([str(run), "--folds", "2", "--append", str(md)]) == 0
+    in_sample, held_out = md.read_text().split("## Label issues")[1:]
+    assert "in-sample" in in_sample and "2-fold held-out" in held_out
+    assert "| store soft_target |" in in_sample and "store" not in held_out.split("Precision/recall")[0]
+    assert "| cleanlab |" in held_out and "fold runs trained on" in held_out
+    assert (run / "label_issues-2fold" / "folds" / "fold-1" / "results.json").is_file()
+    assert not np.array_equal(np.load(run / "label_issues" / "pred_probs.npy"),
+                              np.load(run / "label_issues-2fold" / "pred_probs.npy"))
+    assert score_main([str(run), "--folds", "1"]) == 2

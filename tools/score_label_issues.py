@@ -2,13 +2,16 @@
 
     python tools/score_label_issues.py runs/memorisation/sym-0.40-s0/ce runs/memorisation/sym-0.40-s0/selc \
         --append RESULTS.md
+    python tools/score_label_issues.py runs/memorisation/cifar10n-worse/ce --folds 4 --append RESULTS.md
 
 For each run: tools/find_label_issues.py exports its in-sample pred_probs (final checkpoint) to
-RUN/label_issues/, then every ranking of that run is scored on the training split:
+RUN/label_issues/ (with --folds K: held-out pred_probs from K fold runs of the run's config, to
+RUN/label_issues-Kfold/, in a table of their own), then every ranking is scored on the training split:
   pred_probs argmax   flagged: predicted class != given label; score: self-confidence p[y]
   cleanlab            flagged: cleanlab.filter.find_label_issues(labels, pred_probs) (confident learning);
                       score: cleanlab.rank.get_label_quality_scores (self-confidence by default)
   store <name>        a method's own (N, K) soft labels: flagged: argmax != given; score: row[y] / row sum
+                      (in-sample tables only: the store does not change with the predictions)
 Columns: flagged samples; precision and recall of the flags for the wrong given labels (given != clean);
 AUROC of the score for them; and the accuracy of the suggested label (the argmax) on the flagged
 samples whose label is wrong. Inference only: set OMP_NUM_THREADS=1 beside running experiments.
@@ -30,9 +33,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from find_label_issues import main as export_label_issues  # noqa: E402
 from report import load_results, method_label, upsert_section  # noqa: E402
 from training.evaluation import auroc  # noqa: E402
-from training.outputs import write_atomic  # noqa: E402
+from training.outputs import hardware, write_atomic  # noqa: E402
 
 TITLE = "Label issues: CPU memorisation regime (in-sample predictions of each run's final checkpoint)"
+FOLDS_TITLE = "Label issues: CPU memorisation regime ({k}-fold held-out predictions of each run's config)"
+PROVENANCE = {  # the caption's word on where the predictions come from, by whether they are held out
+    False: "In-sample: each model trained on these labels, so a run that memorised them (CE) flags few; "
+           "`tools/find_label_issues.py --folds K` gives held-out ones.",
+    True: "Held out: every sample predicted by the fold run that never saw it (same config, the fold's "
+          "samples excluded), the cleanlab way; fold runs under RUN/label_issues-Kfold/folds/.",
+}
 
 
 def score(flagged: np.ndarray, quality: np.ndarray, suggested: np.ndarray, wrong: np.ndarray,
@@ -47,16 +57,18 @@ def score(flagged: np.ndarray, quality: np.ndarray, suggested: np.ndarray, wrong
     }
 
 
-def rankings(run_dir: Path) -> tuple[list[tuple[str, dict]], dict]:
-    """[(ranking name, scores)] of one run, and its results.json."""
+def rankings(run_dir: Path, folds: int | None) -> tuple[list[tuple[str, dict]], dict]:
+    """[(ranking name, scores)] of one run (its in-sample predictions, or K-fold held-out ones), and its
+    results.json."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     from training.label_issues import EXPORT_DIR, load_run
 
-    if export_label_issues([str(run_dir), "--rule", "cleanlab"]) != 0:
+    out = run_dir / (f"{EXPORT_DIR}-{folds}fold" if folds else EXPORT_DIR)
+    held_out = ["--folds", str(folds)] if folds else []
+    if export_label_issues([str(run_dir), "--rule", "cleanlab", "--out", str(out), *held_out]) != 0:
         raise RuntimeError(f"{run_dir}: the export failed (see above)")
-    out = run_dir / EXPORT_DIR
     probs, labels = np.load(out / "pred_probs.npy"), np.load(out / "labels.npy")
     results = load_results(run_dir)
     run = load_run(run_dir)
@@ -67,7 +79,7 @@ def rankings(run_dir: Path) -> tuple[list[tuple[str, dict]], dict]:
             ("cleanlab", score(np.load(out / "label_issues.npy"), get_label_quality_scores(labels, probs),
                                suggested, wrong, clean))]
     n, k = probs.shape
-    for name, arr in run.arrays.items():
+    for name, arr in ([] if folds else run.arrays.items()):
         if arr.shape == (n, k):
             soft = arr / np.maximum(arr.sum(axis=1, keepdims=True), 1e-12)
             argmax = soft.argmax(axis=1)
@@ -75,11 +87,11 @@ def rankings(run_dir: Path) -> tuple[list[tuple[str, dict]], dict]:
     return rows, results
 
 
-def table(runs: list[Path]) -> str:
+def table(runs: list[Path], folds: int | None) -> str:
     lines = ["| label set | run | method | wrong labels | ranking | flagged | precision | recall | AUROC | "
              "suggested label acc |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for run_dir in runs:
-        rows, results = rankings(run_dir)
+        rows, results = rankings(run_dir, folds)
         noise = results.get("label_set_noise_rate")
         for name, s in rows:
             lines.append(f"| {results['label_set']} | {results['run']} | {method_label(results)} | "
@@ -89,10 +101,21 @@ def table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def hardware_line(folds: int | None) -> str:
+    """Fold runs train on this machine (name it); in-sample scoring is inference on the runs' checkpoints."""
+    if not folds:
+        return "CPU inference only"
+    hw = hardware(num_processes=1)
+    return f"fold runs trained on {hw['cpu']}, {hw['cpu_cores']} cores, {', '.join(hw['gpus']) or 'no GPU'}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="finished run directories (with results.json)")
     parser.add_argument("--append", type=Path, help="upsert the section into this markdown file (RESULTS.md)")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="score K-fold held-out predictions (trains K fold runs of each run's config; "
+                             "finished fold runs are reused)")
     parser.add_argument("--command", default="tools/experiments/label_issues_cpu.sh",
                         help="the command line recorded under the table")
     args = parser.parse_args(argv)
@@ -100,17 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: not finished (no results.json): {', '.join(missing)}", file=sys.stderr)
         return 2
-    text = (f"## {TITLE}\n\n{table(args.runs)}\n\n"
+    if args.folds is not None and args.folds < 2:
+        print("error: --folds needs K >= 2", file=sys.stderr)
+        return 2
+    title = FOLDS_TITLE.format(k=args.folds) if args.folds else TITLE
+    text = (f"## {title}\n\n{table(args.runs, args.folds)}\n\n"
             "Precision/recall: of the flagged samples, the share whose given label is wrong / of the wrong labels, "
             "the share flagged; AUROC: of the ranking score for the wrong labels; suggested label acc: the argmax "
-            "equals the clean label, over flagged wrong labels. In-sample: each model trained on these labels, so a "
-            "run that memorised them (CE) flags few; `tools/find_label_issues.py --folds K` gives held-out ones.\n"
-            f"Hardware: CPU inference only; {date.today().isoformat()}.\n"
+            f"equals the clean label, over flagged wrong labels. {PROVENANCE[bool(args.folds)]}\n"
+            f"Hardware: {hardware_line(args.folds)}; {date.today().isoformat()}.\n"
             f"Command: `{args.command}`\n")
     print(text)
     if args.append:  # one quick read-modify-write: an experiment script rewrites this file between its runs
         existing = args.append.read_text() if args.append.exists() else "# Results\n\n"
-        write_atomic(args.append, upsert_section(existing, text, TITLE))
+        write_atomic(args.append, upsert_section(existing, text, title))
     return 0
 
 
