@@ -2,15 +2,20 @@
 
 metrics.jsonl stays the source of truth; a tracker gets copies: the resolved config as
 hyperparameters, every epoch's row (metrics and method diagnostics) at step = epoch, and the PNG
-figures of the method's epoch reports (written by the trainer under <run>/method/), as images where the backend takes images. Everything
-is written under <run>/tracking/ (W&B and MLflow: their local files there too). Only the main
-process logs (Accelerate's trackers are main-process only).
+figures of the method's epoch reports (written by the trainer under <run>/method/), as images where
+the backend takes images. Only the main process logs (Accelerate's trackers are main-process only).
+
+Local files stay in <run>/tracking/: TensorBoard's events, Aim's repository (.aim; `aim up --repo
+<run>/tracking` shows it, `aim storage --repo ... reindex` makes a finished run listable without the
+UI), W&B's run folder (online or, with WANDB_MODE=offline, for a later `wandb sync`) and MLflow's
+SQLite database mlflow.db with its artifacts, unless MLFLOW_TRACKING_URI names a server.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -73,8 +78,14 @@ class Tracking:
         return self.backend != "none"
 
     def start(self, project: str, config: dict, folder: Path) -> None:
-        if self.active:
-            self.accelerator.init_trackers(project, config=hparams(config), init_kwargs=init_kwargs(self.backend, folder))
+        if not self.active:
+            return
+        if self.backend == "mlflow" and "MLFLOW_TRACKING_URI" not in os.environ and self.accelerator.is_main_process:
+            import mlflow  # its default store is a database in the working directory: keep it in the run
+
+            folder.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(f"sqlite:///{(folder / 'mlflow.db').resolve()}")
+        self.accelerator.init_trackers(project, config=hparams(config), init_kwargs=init_kwargs(self.backend, folder))
 
     def log_epoch(self, row: dict) -> None:
         """The row's numbers at step = its epoch, then every figure new or rewritten since the last call."""
