@@ -1,4 +1,5 @@
-"""Tests of the baseline methods GCE, SCE, ELR and Co-teaching (training/methods/{gce,sce,elr,coteaching}.py):
+"""Tests of the baseline methods GCE, SCE, ELR, Co-teaching and JoCoR
+(training/methods/{gce,sce,elr,coteaching,jocor}.py):
 each loss against hand-computed values on tiny tensors, then one short end-to-end run of each."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from support.methods import make_run
 from test_training import _args
 from training.methods import METHODS
 from training.methods.coteaching import SELECTED, keep_ratio, small_loss_exchange
+from training.methods.jocor import joint_loss
 from training.methods.elr import TARGET, clamped_softmax, elr_regulariser
 from training.methods.gce import gce_loss
 from training.methods.sce import reverse_cross_entropy
@@ -220,6 +222,49 @@ def test_coteaching_selection_auroc_scores_wrong_labels_kept_less():
 
 
 # ----------------------------------------------------------------------------------------------
+# JoCoR
+
+
+def test_jocor_joint_loss_against_hand_computed_values():
+    logits = torch.tensor([[math.log(3.0), 0.0, 0.0]])  # p = (0.6, 0.2, 0.2)
+    peer = torch.zeros(1, 3)  # q = uniform
+    labels = torch.tensor([1])
+    p, q = np.array([0.6, 0.2, 0.2]), np.full(3, 1 / 3)
+    kl = (p * np.log(p / q)).sum() + (q * np.log(q / p)).sum()
+    ce = -math.log(0.2) - math.log(1 / 3)
+    joint, sym_kl = joint_loss(logits, peer, labels, co_lambda=0.9)
+    assert sym_kl.item() == pytest.approx(kl, rel=1e-5)
+    assert joint.item() == pytest.approx(0.1 * ce + 0.9 * kl, rel=1e-5)
+    assert joint_loss(peer, peer, labels, 0.9)[1].item() == pytest.approx(0.0, abs=1e-7)  # agreement costs nothing
+
+
+def test_jocor_step_updates_both_networks_on_the_same_small_loss_samples():
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    method = make_method("jocor", labels, forget_rate=0.5, ramp_epochs=2, co_lambda=0.7)
+    run = make_run(method, epoch=2)
+    models = run.models
+    refs = {name: nn.Linear(2, 3) for name in models}
+    for name, ref in refs.items():
+        ref.load_state_dict(models[name].state_dict())
+    x = torch.randn(6, 2)
+    joint = joint_loss(refs["model"](x), refs["peer"](x), labels, 0.7)[0]
+    kept = torch.topk(joint.detach(), 3, largest=False).indices  # keep = 1 - 0.5 at epoch 2
+    joint[kept].mean().backward()
+
+    out = method.train_step(Batch(images=x, idx=torch.arange(6)), labels, run)
+
+    for name, ref in refs.items():
+        for p, r in zip(models[name].parameters(), ref.parameters()):
+            torch.testing.assert_close(p.detach(), r.detach() - r.grad)  # SGD lr 1 on the joint loss of the kept
+        assert all(r.grad.abs().sum() > 0 for r in ref.parameters())  # the KL terms reach both networks
+    assert out.terms["loss"].item() == pytest.approx(joint[kept].mean().item(), rel=1e-5)
+    expected = np.zeros(6)
+    expected[kept.numpy()] = 1
+    np.testing.assert_array_equal(run.store[SELECTED], expected)
+
+
+# ----------------------------------------------------------------------------------------------
 # End to end
 
 
@@ -229,6 +274,8 @@ def test_coteaching_selection_auroc_scores_wrong_labels_kept_less():
     ("elr", ("method.params.lam=7", "method.params.beta=0.9"), ("corrected", "broken", "soft_label_acc")),
     ("coteaching", ("method.params.forget_rate=0.36", "method.params.ramp_epochs=1", "epochs=2"),
      ("keep_ratio", "selection_auroc")),
+    ("jocor", ("method.params.forget_rate=0.36", "method.params.ramp_epochs=1", "epochs=2"),
+     ("keep_ratio", "selection_auroc")),
 ])
 def test_baseline_trains_end_to_end_on_the_tiny_dataset(tiny_dataset, tmp_path, name, params, keys):
     assert main(_args(tiny_dataset, tmp_path, "epochs=1", f"method.name={name}", *params)) == 0
@@ -237,7 +284,7 @@ def test_baseline_trains_end_to_end_on_the_tiny_dataset(tiny_dataset, tmp_path, 
     assert results["method"] == name and np.isfinite(row["train_loss"]) and 0 <= row["test_acc"] <= 1
     for key in keys:
         assert key in row and np.isfinite(row[key])
-    if name == "coteaching":
+    if name in ("coteaching", "jocor"):
         assert row["keep_ratio"] == pytest.approx(0.64)
 
 

@@ -21,6 +21,7 @@ from training.run import main
 TINY_SUBSET = "clean-subset-20-s0"  # the tiny_dataset fixture's 20-sample clean meta subset
 REQUIRED = {  # method -> overrides for its parameters without a default
     "coteaching": ("method.params.forget_rate=0.36",),
+    "jocor": ("method.params.forget_rate=0.36",),
     "dividemix": ("method.params.lambda_u=25",),
     "ido": ("method.params.stage1_epochs=1", "epochs=2"),  # stage 1 must leave a stage 2
 }

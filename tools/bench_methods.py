@@ -42,6 +42,7 @@ PHASE = {
     "ido": ("method.params.stage1_epochs=1",),
     "dividemix": ("method.params.warmup_epochs=1", "method.params.lambda_u=25"),
     "coteaching": ("method.params.forget_rate=0.36",),
+    "jocor": ("method.params.forget_rate=0.36",),
 }
 
 

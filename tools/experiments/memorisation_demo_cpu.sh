@@ -47,6 +47,7 @@ declare -A RUN=(
   [sce]="method.name=sce"
   [elr]="method.name=elr"
   [coteaching]="method.name=coteaching"  # + forget_rate = the label set's realised noise rate (below)
+  [jocor]="method.name=jocor"  # + forget_rate, as Co-teaching
   [sop]="method.name=sop"
   [mwnet]="method.name=mwnet"
   [dividemix]="method.name=dividemix method.params.warmup_epochs=12"
@@ -60,7 +61,7 @@ declare -A RUN=(
 )
 # the seed papers' methods first, then the baselines, then the first readings (the order they run in)
 ORDER=(ce selc alr ido ebomlc surrogate gce elr coteaching ebomlc-probs ido-per_sample l2rw mlc sce sop mwnet
-       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower)
+       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower jocor)
 ONLY=${ONLY:-${ORDER[*]}}
 # realised wrong-label fraction of the demo subset's label sets (tools/demo/README.md, RESULTS.md)
 declare -A NOISE=([sym-0.40-s0]=0.362 [cifar10n-worse]=0.418 [cifar10n-aggre]=0.092)
@@ -81,7 +82,7 @@ done
 for set in $SETS; do
   for name in $ONLY; do
     extra=()
-    if [ "$name" = coteaching ]; then extra=("method.params.forget_rate=${NOISE[$set]}"); fi
+    if [ "$name" = coteaching ] || [ "$name" = jocor ]; then extra=("method.params.forget_rate=${NOISE[$set]}"); fi
     # shellcheck disable=SC2086
     train "$RUNS/$set/$name" "$CONFIG" "data.root=$DATA" "data.label_set=$set" ${RUN[$name]} "${extra[@]}"
     report "$set"

@@ -16,6 +16,7 @@ from training.methods.ebomlc import EBOMLC
 from training.methods.elr import ELR
 from training.methods.gce import GCE
 from training.methods.ido import IDO
+from training.methods.jocor import JoCoR
 from training.methods.mlc import MLC
 from training.methods.mlc_d import MLCD
 from training.methods.mwnet import MWNet
@@ -25,7 +26,8 @@ from training.methods.l2rw import L2RW
 from training.methods.surrogate import Surrogate
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Surrogate, MLC, MLCD, EBOMLC, IDO,
-                                                              GCE, SCE, ELR, Coteaching, SOP, MWNet, DivideMix)}
+                                                              GCE, SCE, ELR, Coteaching, JoCoR, SOP, MWNet,
+                                                              DivideMix)}
 
 
 def method_class(name: str) -> type[Method]:

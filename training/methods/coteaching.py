@@ -24,6 +24,7 @@ usual. With B per process that is the small-loss fraction of each B, not of the 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,15 +51,27 @@ def keep_ratio(epoch: int, forget_rate: float, ramp_epochs: int) -> float:
     return 1.0 - min(epoch / ramp_epochs, 1.0) * forget_rate
 
 
+def smallest(loss: torch.Tensor, keep: float) -> torch.Tensor:
+    """(n,) indices of the n smallest of the (B,) per-sample losses, n = round(keep * B) (at least 1)."""
+    n = max(1, int(round(keep * loss.shape[0])))
+    return torch.topk(loss, n, largest=False).indices
+
+
 def small_loss_exchange(loss: torch.Tensor, peer_loss: torch.Tensor,
                         keep: float) -> tuple[torch.Tensor, torch.Tensor]:
     """loss, peer_loss (B,) per-sample losses of the two networks -> (for_model, for_peer), index
-    tensors (n,) into the batch: the model trains on the peer's n smallest-loss samples and the peer
-    on the model's, n = round(keep * B) (at least 1)."""
-    n = max(1, int(round(keep * loss.shape[0])))
-    kept_by_model = torch.topk(loss, n, largest=False).indices
-    kept_by_peer = torch.topk(peer_loss, n, largest=False).indices
-    return kept_by_peer, kept_by_model
+    tensors (n,) into the batch: the model trains on the peer's small-loss samples and the peer on
+    the model's."""
+    return smallest(peer_loss, keep), smallest(loss, keep)
+
+
+def selection_auroc(selected: np.ndarray, ctx) -> float:
+    """AUROC of "kept less" (fewer keeps at the sample's latest batch) as a detector of wrong labels
+    (1 = every wrong label kept less than every right one, 0.5 = chance), over the samples seen so
+    far (selected >= 0)."""
+    seen = selected >= 0
+    wrong = (ctx.noisy_labels != ctx.clean_labels).cpu().numpy()
+    return auroc(-selected[seen], wrong[seen])
 
 
 class Coteaching(Method):
@@ -98,8 +111,5 @@ class Coteaching(Method):
         networks than every right one, 0.5 = no better than chance), over samples seen so far."""
         metrics = {"keep_ratio": self._keep(run.epoch)}
         if self.ctx.clean_labels is not None:
-            selected = run.store[SELECTED]
-            seen = selected >= 0
-            wrong = (self.ctx.noisy_labels != self.ctx.clean_labels).cpu().numpy()
-            metrics["selection_auroc"] = auroc(-selected[seen], wrong[seen])
+            metrics["selection_auroc"] = selection_auroc(run.store[SELECTED], self.ctx)
         return EpochReport(metrics=metrics)
