@@ -60,7 +60,6 @@ def score(flagged: np.ndarray, quality: np.ndarray, suggested: np.ndarray, wrong
 def rankings(run_dir: Path, folds: int | None) -> tuple[list[tuple[str, dict]], dict]:
     """[(ranking name, scores)] of one run (its in-sample predictions, or K-fold held-out ones), and its
     results.json."""
-    from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     from training.label_issues import EXPORT_DIR, load_run
