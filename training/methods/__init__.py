@@ -14,6 +14,7 @@ from training.methods.coteaching import Coteaching
 from training.methods.dividemix import DivideMix
 from training.methods.ebomlc import EBOMLC
 from training.methods.elr import ELR
+from training.methods.elr_plus import ELRPlus
 from training.methods.gce import GCE
 from training.methods.ido import IDO
 from training.methods.jocor import JoCoR
@@ -26,7 +27,7 @@ from training.methods.l2rw import L2RW
 from training.methods.surrogate import Surrogate
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Surrogate, MLC, MLCD, EBOMLC, IDO,
-                                                              GCE, SCE, ELR, Coteaching, JoCoR, SOP, MWNet,
+                                                              GCE, SCE, ELR, ELRPlus, Coteaching, JoCoR, SOP, MWNet,
                                                               DivideMix)}
 
 
