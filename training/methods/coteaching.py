@@ -24,7 +24,6 @@ usual. With B per process that is the small-loss fraction of each B, not of the 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,15 +64,6 @@ def small_loss_exchange(loss: torch.Tensor, peer_loss: torch.Tensor,
     return smallest(peer_loss, keep), smallest(loss, keep)
 
 
-def selection_auroc(selected: np.ndarray, ctx) -> float:
-    """AUROC of "kept less" (fewer keeps at the sample's latest batch) as a detector of wrong labels
-    (1 = every wrong label kept less than every right one, 0.5 = chance), over the samples seen so
-    far (selected >= 0)."""
-    seen = selected >= 0
-    wrong = (ctx.noisy_labels != ctx.clean_labels).cpu().numpy()
-    return auroc(-selected[seen], wrong[seen])
-
-
 class Coteaching(Method):
     name = "coteaching"
     Config = CoteachingConfig
@@ -88,12 +78,16 @@ class Coteaching(Method):
     def _keep(self, epoch: int) -> float:
         return keep_ratio(epoch, self.config.forget_rate, self.config.ramp_epochs)
 
-    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+    @staticmethod
+    def _both_logits(batch: Batch, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) float32 logits of the model and of the peer on the batch."""
         with run.accelerator.autocast():
-            logits = run.models["model"](batch.images)  # (B, K)
-            peer_logits = run.models["peer"](batch.images)  # (B, K)
-        ce = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-        peer_ce = F.cross_entropy(peer_logits.float(), labels, reduction="none")  # (B,)
+            return run.models["model"](batch.images).float(), run.models["peer"](batch.images).float()
+
+    def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
+        logits, peer_logits = self._both_logits(batch, run)  # (B, K) each
+        ce = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        peer_ce = F.cross_entropy(peer_logits, labels, reduction="none")  # (B,)
         for_model, for_peer = small_loss_exchange(ce.detach(), peer_ce.detach(), self._keep(run.epoch))
         loss = ce[for_model].mean()
         peer_loss = peer_ce[for_peer].mean()
@@ -111,5 +105,8 @@ class Coteaching(Method):
         networks than every right one, 0.5 = no better than chance), over samples seen so far."""
         metrics = {"keep_ratio": self._keep(run.epoch)}
         if self.ctx.clean_labels is not None:
-            metrics["selection_auroc"] = selection_auroc(run.store[SELECTED], self.ctx)
+            selected = run.store[SELECTED]
+            seen = selected >= 0
+            wrong = (self.ctx.noisy_labels != self.ctx.clean_labels).cpu().numpy()
+            metrics["selection_auroc"] = auroc(-selected[seen], wrong[seen])
         return EpochReport(metrics=metrics)

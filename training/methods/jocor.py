@@ -1,6 +1,6 @@
 """JoCoR (Wei, Feng, Chen, An, CVPR 2020): two networks trained jointly toward agreement.
-State: selected[N] float32, 1 if the sample was among the small-loss samples at its latest batch,
-0 if not (-1 before its first batch), for diagnostics only.
+State: Co-teaching's selected[N] float32, here 1 if the sample was among the small-loss samples at
+its latest batch, 0 if not (-1 before its first batch), for diagnostics only (selection_auroc).
 
 Per batch, with p1, p2 the two networks' softmax outputs:
   1. the joint loss of every sample (Eq. 4-6):
@@ -26,14 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from pipeline.load.batch import Batch
-from state.spec import ArraySpec
-from training.methods.base import EpochReport, Method, Run, StepOutput
-from training.methods.coteaching import NETS, CoteachingConfig, keep_ratio, selection_auroc, smallest
-
-SELECTED = "selected"
+from training.methods.base import Run, StepOutput
+from training.methods.coteaching import NETS, SELECTED, Coteaching, CoteachingConfig, smallest
 
 
 class JoCoRConfig(CoteachingConfig):
@@ -50,24 +46,15 @@ def joint_loss(logits: torch.Tensor, peer_logits: torch.Tensor, labels: torch.Te
     return (1 - co_lambda) * ce + co_lambda * kl, kl
 
 
-class JoCoR(Method):
+class JoCoR(Coteaching):
+    """Co-teaching's networks, schedule, state and diagnostics; its own step."""
+
     name = "jocor"
     Config = JoCoRConfig
 
-    def state_arrays(self) -> list[ArraySpec]:
-        return [ArraySpec(SELECTED, (), "float32", -1.0)]
-
-    def build_models(self) -> dict[str, nn.Module]:
-        return {name: self.ctx.build_model() for name in NETS}
-
-    def _keep(self, epoch: int) -> float:
-        return keep_ratio(epoch, self.config.forget_rate, self.config.ramp_epochs)
-
     def train_step(self, batch: Batch, labels: torch.Tensor, run: Run) -> StepOutput:
-        with run.accelerator.autocast():
-            logits = run.models["model"](batch.images)  # (B, K)
-            peer_logits = run.models["peer"](batch.images)  # (B, K)
-        joint, kl = joint_loss(logits.float(), peer_logits.float(), labels, self.config.co_lambda)  # (B,)
+        logits, peer_logits = self._both_logits(batch, run)  # (B, K) each
+        joint, kl = joint_loss(logits, peer_logits, labels, self.config.co_lambda)  # (B,)
         kept = smallest(joint.detach(), self._keep(run.epoch))  # (n,) indices into the batch
         loss = joint[kept].mean()
         run.update(loss, NETS)  # no shared parameters: one backward gives each network its gradient
@@ -75,11 +62,3 @@ class JoCoR(Method):
         selected[kept] = 1
         run.store.set(SELECTED, batch.idx, selected)
         return StepOutput(terms={"loss": loss.detach(), "co_reg": kl[kept].mean().detach()}, logits=logits.detach())
-
-    def on_epoch_end(self, run: Run) -> EpochReport:
-        """keep_ratio of the epoch; with clean labels, selection_auroc (Co-teaching's: the AUROC of
-        "not kept" for the wrong labels, over the samples seen so far)."""
-        metrics = {"keep_ratio": self._keep(run.epoch)}
-        if self.ctx.clean_labels is not None:
-            metrics["selection_auroc"] = selection_auroc(run.store[SELECTED], self.ctx)
-        return EpochReport(metrics=metrics)
