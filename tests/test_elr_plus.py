@@ -105,3 +105,21 @@ def test_elr_plus_trains_end_to_end_and_resumes(tiny_dataset, tmp_path):
                  "--resume"]) == 0
     history = json.loads((tmp_path / "r" / "results.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3] and history[2]["ema_decay"] > row["ema_decay"]
+
+
+@pytest.mark.slow
+def test_elr_plus_in_two_processes_fills_both_target_histories(tiny_dataset, tmp_path):
+    """Two CPU processes (DDP over gloo): the averaged copies are wrapped but never backpropagated, and
+    each process's target updates reach the shared store: after an epoch every sample has both targets."""
+    from state.reader import StateReader
+    from support.launch import launch_cpu
+    from test_training import ROOT
+
+    args = _args(tiny_dataset, tmp_path, "cpu=true", "method.name=elr_plus", "method.params.ema_step=10")
+    proc = launch_cpu(2, ROOT / "training/run.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["hardware"]["num_processes"] == 2 and np.isfinite(results["history"][-1]["train_loss"])
+    arrays = StateReader(tmp_path / "r").arrays()
+    for name in TARGETS.values():
+        assert (arrays[name].sum(axis=1) > 0).all(), name  # every row updated at least once
