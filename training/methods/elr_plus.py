@@ -140,14 +140,18 @@ class ELRPlus(Method):
             logits = run.models[n](mixed_x).float()  # (B, K)
         ce = -(mixed_y * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
         reg = elr_regulariser(clamped_softmax(logits), mixed_t)
-        run.update(ce + cfg.lam * sigmoid_rampup(self.step_count, cfg.coef_step) * reg, (n,))
-        decay = sigmoid_rampup(self.step_count + 1, cfg.ema_step) * cfg.ema_decay
-        average_weights(run.unwrap(EMA[n]), run.unwrap(n), decay)
-        return (ce + cfg.lam * reg).detach(), reg.detach()
+        loss = ce + cfg.lam * sigmoid_rampup(self.step_count, cfg.coef_step) * reg
+        run.update(loss, (n,))
+        average_weights(run.unwrap(EMA[n]), run.unwrap(n), self._ema_decay())
+        return loss.detach(), reg.detach()
+
+    def _ema_decay(self) -> float:
+        """The weight-averaging decay at the current step: ema_decay ramped up over ema_step steps."""
+        return sigmoid_rampup(self.step_count + 1, self.config.ema_step) * self.config.ema_decay
 
     def on_epoch_end(self, run: Run) -> EpochReport:
         """ELR's soft-label diagnostics of network 1's targets (corrected / broken, when the clean labels
         are known) and the averaging decay reached."""
         metrics = soft_label_report(run.store[TARGETS["model"]], self.ctx.noisy_labels, self.ctx.clean_labels)
-        metrics["ema_decay"] = sigmoid_rampup(self.step_count + 1, self.config.ema_step) * self.config.ema_decay
+        metrics["ema_decay"] = self._ema_decay()
         return EpochReport(metrics=metrics)
