@@ -84,3 +84,41 @@ def test_nan_loss_raises_on_the_next_log_step_naming_the_steps(tiny_dataset, tmp
     with pytest.raises(FloatingPointError, match=r"steps 5\.\.8 is not finite"):
         trainer._train_epoch(0)
     assert len(seen) == 8, "training went on past the log step that saw the NaN"
+
+
+def test_step_skips_accelerates_per_step_package_probe(tiny_dataset, tmp_path, monkeypatch):
+    """Accelerate's optimiser wrapper probes for an optional package (importlib find_spec) on every step;
+    Run.step steps the torch optimiser inside it instead, and the schedule still tracks that step."""
+    import warnings
+
+    import accelerate.optimizer
+
+    probes = []
+    monkeypatch.setattr(accelerate.optimizer, "is_lomo_available", lambda: probes.append(1) or False)
+    trainer = _trainer(tiny_dataset, tmp_path)
+    start = [p.detach().clone() for p in trainer.models["model"].parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "lr_scheduler.step() before optimizer.step()"
+        trainer._train_epoch(0)
+    assert probes == []
+    assert trainer.schedulers["model"].last_epoch == len(trainer.train_loader)
+    assert any(not torch.equal(a, p) for a, p in zip(start, trainer.models["model"].parameters()))
+
+
+def test_plain_optimizer_keeps_the_wrapper_where_it_does_more_than_forward():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from training.methods.base import plain_optimizer
+
+    inner = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+    def wrapper(scaler=None, sync=True, kind=DistributedType.NO):
+        return SimpleNamespace(optimizer=inner, scaler=scaler, accelerator_state=SimpleNamespace(distributed_type=kind),
+                               gradient_state=SimpleNamespace(sync_gradients=sync))
+
+    assert plain_optimizer(inner) is inner
+    assert plain_optimizer(wrapper()) is inner
+    for kept in (wrapper(scaler=object()), wrapper(sync=False), wrapper(kind=DistributedType.XLA)):
+        assert plain_optimizer(kept) is kept

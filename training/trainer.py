@@ -34,7 +34,7 @@ from state.store import SampleStore, choose_placement
 from state.sync import communicator_for
 from training.evaluation import TrainTally, eval_pass, predict, top1_top5
 from training.methods import build_method, method_config
-from training.methods.base import EpochReport, EvalFn, Run
+from training.methods.base import EpochReport, EvalFn, Run, plain_optimizer
 from training.outputs import hardware, write_array, write_atomic, write_json, write_metrics
 from training.plots import save_figure
 from training.schedule import lr_factor
@@ -226,8 +226,9 @@ class Trainer:
             scheduled = lr_factor(step, steps_per_epoch=steps, epochs=cfg.epochs, optim=cfg.optim)
             return method.lr_factor(step / steps, scheduled)
 
-        # Not passed through accelerator.prepare: its scheduler wrapper steps once per process.
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        # Not passed through accelerator.prepare: its scheduler wrapper steps once per process. Built on the
+        # optimiser Run.step steps (plain_optimizer), whose step the scheduler tracks.
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(plain_optimizer(opt), factor)
                            for name, opt in self.optimizers.items() if name not in method.unscheduled}
         self.run = Run(models=self.models, optimizers=self.optimizers, accelerator=acc, store=self.store,
                        clean=self.clean_subset, eval_train=self._eval_train,
