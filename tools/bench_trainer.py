@@ -4,7 +4,8 @@
 
 Three loops share one model, optimiser, precision, memory layout and loader (the Trainer's own,
 built from the config), each timed for `--steps` steps per round over `--repeats` interleaved
-rounds, after `--warmup` untimed steps of each (compilation happens there):
+rounds (the loops' order rotates from round to round, so none always runs first or after another),
+after `--warmup` untimed rounds of each (compilation happens there):
 
     trainer    Trainer._train_epoch: the method's loss, the device tally, the scheduler, logging
     bare       what a plain PyTorch user writes: the same loader, autocast, cross-entropy, backward, step
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.warmup):
                 bench.run(mode)
         rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for _ in range(args.repeats):
-            for mode in MODES:
+        for r in range(args.repeats):
+            for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
                 rates[mode].append(bench.timed(mode))
     med = {mode: statistics.median(r) for mode, r in rates.items()}
     result = {
