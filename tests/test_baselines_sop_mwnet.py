@@ -47,14 +47,14 @@ def _onehot(labels: torch.Tensor, k: int = 2) -> torch.Tensor:
 
 
 def test_sop_losses_match_hand_computed_values():
-    ce, mse = sop_losses(LOGITS, _onehot(LABELS), U0, V0)
+    ce, mse, _ = sop_losses(LOGITS, _onehot(LABELS), U0, V0)
     assert ce.item() == pytest.approx((math.log(1.09 / 0.75) + math.log(3.0)) / 2)
     assert mse.item() == pytest.approx((0.0881 + 1.5625) / 2)
 
 
 def test_sop_ce_trains_network_and_u_and_mse_trains_v_only():
     logits, u, v = LOGITS.clone().requires_grad_(True), U0.clone().requires_grad_(True), V0.clone().requires_grad_(True)
-    ce, mse = sop_losses(logits, _onehot(LABELS), u, v)
+    ce, mse, _ = sop_losses(logits, _onehot(LABELS), u, v)
     d_ce = torch.autograd.grad(ce, (logits, u, v), retain_graph=True, allow_unused=True)
     d_mse = torch.autograd.grad(mse, (logits, u, v), allow_unused=True)
     assert d_ce[0].abs().sum() > 0 and d_ce[2] is None  # v is stop-gradient in ce
@@ -65,7 +65,7 @@ def test_sop_ce_trains_network_and_u_and_mse_trains_v_only():
 
 def test_sop_u_stops_moving_once_its_square_reaches_one():
     u = torch.tensor([2.0, 0.5], dtype=torch.float64, requires_grad=True)  # u^2 = 4 is clamped to 1
-    ce, _ = sop_losses(LOGITS, _onehot(LABELS), u, V0)
+    ce, _, _ = sop_losses(LOGITS, _onehot(LABELS), u, V0)
     (grad,) = torch.autograd.grad(ce, u)
     assert grad[0] == 0.0
 

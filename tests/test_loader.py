@@ -104,7 +104,7 @@ def test_derive_seed_gives_the_seeds_process_0_drew_before_purposes_had_names():
 
 def test_derive_seed_refuses_an_integer_that_is_no_purpose():
     with pytest.raises(ValueError):
-        derive_seed(3, 2, 6)
+        derive_seed(3, 2, max(SeedPurpose) + 1)
 
 
 # ----------------------------------------------------------------------------------------------

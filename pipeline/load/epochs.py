@@ -72,6 +72,7 @@ class SeedPurpose(IntEnum):
     SHUFFLE = 3  # the fallback's shuffle buffer over its streamed part (shared: the parts differ)
     STRONG = 4  # the strong view (per process)
     WEAK2 = 5  # the second weak view (per process)
+    AUTOAUGMENT = 6  # the autoaugment view (per process)
 
 
 def derive_seed(seed: int, epoch: int, purpose: SeedPurpose, process_index: int = 0) -> int:
@@ -98,7 +99,7 @@ def epoch_order(kept_idx: np.ndarray, seed: int, epoch: int, train: bool) -> np.
 
 
 # one purpose per view beyond "weak" (which takes AUGMENT's draws): adding a view changes no other view
-VIEW_PURPOSES = {"strong": SeedPurpose.STRONG, "weak2": SeedPurpose.WEAK2}
+VIEW_PURPOSES = {"strong": SeedPurpose.STRONG, "weak2": SeedPurpose.WEAK2, "autoaugment": SeedPurpose.AUTOAUGMENT}
 
 
 def view_generators(views: tuple[str, ...], device: torch.device, seed: int, epoch: int,

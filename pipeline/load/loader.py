@@ -8,7 +8,8 @@ Two modes from the same shards (DESIGN.md rule 3):
 Views: make_loader(..., views=("weak", "strong")) (training loaders only) gives every Batch
 `views["weak"]` (the normal train augmentation, the same tensor as `batch.images`) and
 `views["strong"]` (an independent crop/flip + photometric RandAugment, pipeline/load/transforms.py);
-"weak2" is a second independent weak draw; all from the batched torch ops in every mode. Each view
+"weak2" is a second independent weak draw, "autoaugment" the AutoAugment CIFAR-10 policy + crop/flip
++ cutout (SOP+); all from the batched torch ops in every mode. Each view
 beyond "weak" draws from its own generator seeded by (seed, epoch, view, process) (`view_generators`),
 so asking for views leaves `batch.images` and the other views unchanged.
 

@@ -510,9 +510,117 @@ def randaugment(images: Tensor, config: RandAugmentConfig, generator: torch.Gene
 
 
 # ----------------------------------------------------------------------------------------------
+# AutoAugment of the autoaugment view: the CIFAR-10 policy (Cubuk et al., CVPR 2019) as the SOP authors apply it
+#
+# SOP+'s second view (Liu et al., ICML 2022) augments each image with one of the policy's 25 sub-policies,
+# drawn uniformly; each of its two ops is applied with the op's probability at the op's fixed level
+# (0-9). The levels map to values as in the authors' augmentation code (Fast AutoAugment's archive,
+# PARAMETER_MAX 10: AUTOAUGMENT_LEVELS), on the PIL-exact batched ops above:
+#
+#     invert, equalize, autocontrast       no value
+#     contrast, color, brightness, sharpness  factor 1.8 L / 10 + 0.1
+#     rotate                               int(30 L / 10) degrees, random sign
+#     shear_y                              0.3 L / 10, random sign
+#     translate_x, translate_y             L pixels (absolute, whatever the image size), random sign
+#     solarize                             invert values >= 256 - int(256 L / 10)
+#     posterize                            keep 4 - int(4 L / 10) bits (their Posterize2)
+#
+# The draws (sub-policy, whether each op applies, each op's sign) come from one torch.Generator, so a
+# view is reproducible from its seed; the images are grouped by sub-policy and op, so a batch costs one
+# pass per (sub-policy, op) over its share of the images.
+
+#: (op, probability, level) pairs of the 25 sub-policies, as in the AutoAugment paper's CIFAR-10 policy
+AUTOAUGMENT_CIFAR10: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
+    (("invert", 0.1, 7), ("contrast", 0.2, 6)),
+    (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
+    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)),
+    (("shear_y", 0.5, 8), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.5, 8), ("equalize", 0.9, 2)),
+    (("shear_y", 0.2, 7), ("posterize", 0.3, 7)),
+    (("color", 0.4, 3), ("brightness", 0.6, 7)),
+    (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+    (("equalize", 0.6, 5), ("equalize", 0.5, 1)),
+    (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+    (("color", 0.7, 7), ("translate_x", 0.5, 8)),
+    (("equalize", 0.3, 7), ("autocontrast", 0.4, 8)),
+    (("translate_y", 0.4, 3), ("sharpness", 0.2, 6)),
+    (("brightness", 0.9, 6), ("color", 0.2, 6)),
+    (("solarize", 0.5, 2), ("invert", 0.0, 3)),
+    (("equalize", 0.2, 0), ("autocontrast", 0.6, 0)),
+    (("equalize", 0.2, 8), ("equalize", 0.6, 4)),
+    (("color", 0.9, 9), ("equalize", 0.6, 6)),
+    (("autocontrast", 0.8, 4), ("solarize", 0.2, 8)),
+    (("brightness", 0.1, 3), ("color", 0.7, 0)),
+    (("solarize", 0.4, 5), ("autocontrast", 0.9, 3)),
+    (("translate_y", 0.9, 9), ("translate_y", 0.7, 9)),
+    (("autocontrast", 0.9, 2), ("solarize", 0.8, 3)),
+    (("equalize", 0.8, 8), ("invert", 0.1, 3)),
+    (("translate_y", 0.7, 9), ("autocontrast", 0.9, 1)),
+)
+AUTOAUGMENT_LEVELS = 10
+_NO_VALUE = {"invert": invert, "equalize": equalize, "autocontrast": autocontrast}
+
+
+def autoaugment_op(name: str, level: int, images: Tensor, sign: Tensor) -> Tensor:
+    """One op of the policy at `level` on uint8 (b, 3, H, W); sign (b,) float64 +-1 for the signed ops."""
+    if name in _NO_VALUE:
+        return _NO_VALUE[name](images)
+    if name in _ENHANCE:
+        return _ENHANCE[name](images, level * 1.8 / AUTOAUGMENT_LEVELS + 0.1)
+    if name == "rotate":
+        return rotate(images, sign * int(level * 30 / AUTOAUGMENT_LEVELS))
+    if name == "shear_y":
+        return shear_y(images, sign * (level * 0.3 / AUTOAUGMENT_LEVELS))
+    if name == "translate_x":
+        return translate(images, sign * level, 0.0)
+    if name == "translate_y":
+        return translate(images, 0.0, sign * level)
+    if name == "solarize":
+        return solarize(images, 256 - int(level * 256 / AUTOAUGMENT_LEVELS))
+    if name == "posterize":
+        return posterize(images, 4 - int(level * 4 / AUTOAUGMENT_LEVELS))
+    raise ValueError(f"autoaugment: unknown op {name!r}")
+
+
+def autoaugment(images: Tensor, generator: torch.Generator, policy=AUTOAUGMENT_CIFAR10) -> Tensor:
+    """uint8 (B, 3, H, W) -> uint8: per image one sub-policy of `policy`, each of its ops applied with its
+    probability (section comment above)."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"autoaugment expects uint8 images, got {images.dtype}")
+    out = images.clone()
+    b, device = out.shape[0], out.device
+    choice = torch.randint(0, len(policy), (b,), device=device, generator=generator)  # (B,)
+    for slot in range(2):
+        prob = torch.tensor([sub[slot][1] for sub in policy], device=device)[choice]  # (B,)
+        applied = torch.rand(b, device=device, generator=generator) < prob  # (B,)
+        sign = torch.where(torch.rand(b, device=device, generator=generator) < 0.5, -1.0, 1.0).double()  # (B,)
+        for j, sub in enumerate(policy):
+            rows = ((choice == j) & applied).nonzero().squeeze(1)  # (b_j,)
+            if rows.numel():
+                name, _, level = sub[slot]
+                out[rows] = autoaugment_op(name, level, out[rows], sign[rows])
+    return out
+
+
+def zero_cutout(images: Tensor, length: int, generator: torch.Generator) -> Tensor:
+    """The authors' CutoutDefault on normalised float (B, 3, H, W): per image, the square
+    [y - length // 2, y + length // 2) x [x - length // 2, x + length // 2) around a uniform integer
+    centre, clipped to the image, set to 0 (the dataset mean after normalisation)."""
+    b, _, h, w = images.shape
+    y = torch.randint(0, h, (b, 1), device=images.device, generator=generator)
+    x = torch.randint(0, w, (b, 1), device=images.device, generator=generator)
+    rows, cols = torch.arange(h, device=images.device).view(1, h), torch.arange(w, device=images.device).view(1, w)
+    in_y = (rows >= y - length // 2) & (rows < y + length // 2)  # (B, H)
+    in_x = (cols >= x - length // 2) & (cols < x + length // 2)  # (B, W)
+    return images.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
 # Views
 
-VIEW_NAMES = ("weak", "weak2", "strong")  # weak2: a second independent weak draw (DivideMix's two views)
+# weak2: a second independent weak draw (DivideMix's two views); autoaugment: SOP+'s second view
+VIEW_NAMES = ("weak", "weak2", "strong", "autoaugment")
+AUTOAUGMENT_CUTOUT = 16  # px side of the autoaugment view's final cutout (the SOP authors' CutoutDefault(16))
 
 
 def check_views(views: tuple[str, ...]) -> tuple[str, ...]:
@@ -549,8 +657,11 @@ def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...],
     takes the same draws from `generator`. Every other view draws from its own generator in
     `generators` (name -> torch.Generator, loader.view_generators), so asking for it never changes the
     weak images: "weak2" is an independent draw of the weak view, "strong" an independent
-    view_crop_flip + randaugment. `augment` defaults to RandAugmentConfig(magnitude=config.strong_magnitude).
+    view_crop_flip + randaugment, "autoaugment" the SOP authors' second view: the AutoAugment CIFAR-10
+    policy, then view_crop_flip, normalisation and a 16 px cutout to 0 (the AutoAugment section above).
+    `augment` defaults to RandAugmentConfig(magnitude=config.strong_magnitude).
     """
+
     augment = augment or RandAugmentConfig(magnitude=config.strong_magnitude)
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"transforms expect uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
@@ -564,6 +675,10 @@ def train_views(images: Tensor, config: TransformConfig, views: tuple[str, ...],
             raise ValueError(f"the {name} view needs its own torch.Generator (seeded from seed, epoch and process)")
         if name == "weak2":
             out[name] = _weak_view(images, config, generators[name])
+        elif name == "autoaugment":
+            g = generators[name]
+            out[name] = zero_cutout(finish(view_crop_flip(autoaugment(images, g), config, g), config),
+                                    AUTOAUGMENT_CUTOUT, g)
         else:
             out[name] = finish(randaugment(view_crop_flip(images, config, generators[name]), augment,
                                            generators[name]), config)

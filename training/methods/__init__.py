@@ -23,12 +23,13 @@ from training.methods.mlc_d import MLCD
 from training.methods.mwnet import MWNet
 from training.methods.sce import SCE
 from training.methods.sop import SOP
+from training.methods.sop_plus import SOPPlus
 from training.methods.l2rw import L2RW
 from training.methods.surrogate import Surrogate
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, ALR, L2RW, Surrogate, MLC, MLCD, EBOMLC, IDO,
-                                                              GCE, SCE, ELR, ELRPlus, Coteaching, JoCoR, SOP, MWNet,
-                                                              DivideMix)}
+                                                              GCE, SCE, ELR, ELRPlus, Coteaching, JoCoR, SOP, SOPPlus,
+                                                              MWNet, DivideMix)}
 
 
 def method_class(name: str) -> type[Method]:

@@ -12,7 +12,7 @@ decay, constant learning rates: the authors' separate optimiser, which their cod
 A label the network disagrees with makes u_i^2 grow (it adds mass to the given class, so the network
 need not), and v_i^2 learns the mass the prediction puts elsewhere; u_i^2 is therefore a per-sample
 wrong-label score, reported each epoch (`sop_u2_right`, `sop_u2_wrong`, `sop_u2_auroc`).
-SOP+ (the consistency and class-balance terms with two augmented views) is not implemented.
+SOP+ (the consistency and class-balance terms with a second, AutoAugment view) is `sop_plus`.
 
 Where u and v live: as SampleStore arrays, not as torch parameters. Each step gathers the batch's rows,
 differentiates the loss with respect to those rows only (autograd on (B,) and (B, K) leaves, which
@@ -56,9 +56,10 @@ class SOPConfig(BaseModel):
 
 
 def sop_losses(logits: torch.Tensor, onehot: torch.Tensor, u: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ce, mse) scalars of the module docstring. logits (B, K) float32, onehot (B, K) given labels,
-    u (B,), v (B, K) the batch's rows. ce reaches the network and u; mse reaches v only."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ce, mse, q) of the module docstring. logits (B, K) float32, onehot (B, K) given labels,
+    u (B,), v (B, K) the batch's rows. ce reaches the network and u; mse reaches v only; q (B, K) is
+    the reconstructed prediction (SOP+'s class-balance term is taken on it)."""
     u2 = torch.clamp(u[:, None] ** 2 * onehot, 0.0, 1.0)  # (B, K), non-zero on the given class only
     v2 = torch.clamp(v ** 2 * (1.0 - onehot), 0.0, 1.0)  # (B, K), zero on the given class
     q = torch.clamp(F.softmax(logits, dim=1) + u2 - v2.detach(), min=EPS)
@@ -66,7 +67,14 @@ def sop_losses(logits: torch.Tensor, onehot: torch.Tensor, u: torch.Tensor, v: t
     ce = -(onehot * q.log()).sum(dim=1).mean()
     hard = F.one_hot(logits.detach().argmax(dim=1), logits.shape[1]).to(logits.dtype)  # (B, K)
     mse = ((hard + u2.detach() - v2 - onehot) ** 2).sum(dim=1).mean()
-    return ce, mse
+    return ce, mse, q
+
+
+def class_balance(q: torch.Tensor) -> torch.Tensor:
+    """SOP+'s class-balance term on predictions q (B, K): -sum_k (1/K) log mean_i q_ik, the mean
+    clamped to [EPS, 1] (KL(uniform || mean prediction) up to a constant)."""
+    mean = torch.clamp(q.mean(dim=0), EPS, 1.0)  # (K,)
+    return -(mean.log() / q.shape[1]).sum()
 
 
 class SOP(Method):
@@ -78,17 +86,27 @@ class SOP(Method):
         return [ArraySpec(U, (), "float32", scale), ArraySpec(V, (self.ctx.num_classes,), "float32", scale)]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run) -> dict[str, torch.Tensor]:
-        logits = logits.float()  # (B, K); u, v and the losses stay in float32 under mixed precision
+        return self.sop_step(logits, labels, batch, run)
+
+    def sop_step(self, logits: torch.Tensor, labels: torch.Tensor, batch: Batch, run: Run,
+                 balance: float = 0.0) -> dict[str, torch.Tensor]:
+        """The loss on the batch's logits (B, K), with SOP+'s class-balance term weighted by `balance`
+        (0: plain SOP), and the SGD step of the batch's u and v rows on it."""
+        logits = logits.float()  # u, v and the losses stay in float32 under mixed precision
         device, store = logits.device, run.store
         u = torch.from_numpy(store.gather(U, batch.idx)).to(device).requires_grad_(True)  # (B,)
         v = torch.from_numpy(store.gather(V, batch.idx)).to(device).requires_grad_(True)  # (B, K)
         onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-        ce, mse = sop_losses(logits, onehot, u, v)
+        ce, mse, q = sop_losses(logits, onehot, u, v)
         total = ce + mse  # one loss as in the paper: each variable only sees its own term (stop-gradients)
+        terms = {"ce": ce.detach(), "mse": mse.detach()}
+        if balance > 0:  # through q it reaches u too, as in the authors' code
+            terms["balance"] = class_balance(q)
+            total = total + balance * terms["balance"]
         grad_u, grad_v = torch.autograd.grad(total, (u, v), retain_graph=True)
         store.add(U, batch.idx, -self.config.lr_u * grad_u)
         store.add(V, batch.idx, -self.config.lr_v * grad_v)
-        return {"loss": total, "ce": ce.detach(), "mse": mse.detach()}
+        return {"loss": total, **{name: t.detach() for name, t in terms.items()}}
 
     def on_epoch_end(self, run: Run) -> EpochReport:
         """How well u^2 (capped at 1, as in the loss) separates wrong labels from right ones."""
