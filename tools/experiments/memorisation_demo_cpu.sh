@@ -51,6 +51,7 @@ declare -A RUN=(
   [coteaching]="method.name=coteaching"  # + forget_rate = the label set's realised noise rate (below)
   [jocor]="method.name=jocor"  # + forget_rate, as Co-teaching
   [sop]="method.name=sop"
+  [sop_plus]="method.name=sop_plus"  # its second view augments even with data.augment false, as IDO's strong view
   [mwnet]="method.name=mwnet"
   # lambda_u has no default (the authors choose it per noise level): 25, theirs for the nearest paper setting
   # (CIFAR-10 sym 50 %), as in training/configs/cifar10_dividemix.yaml
@@ -65,7 +66,7 @@ declare -A RUN=(
 )
 # the seed papers' methods first, then the baselines, then the first readings (the order they run in)
 ORDER=(ce selc alr ido ebomlc surrogate gce elr coteaching ebomlc-probs ido-per_sample l2rw mlc sce sop mwnet
-       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower jocor elr_plus)
+       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower jocor elr_plus sop_plus)
 ONLY=${ONLY:-${ORDER[*]}}
 # realised wrong-label fraction of the demo subset's label sets (tools/demo/README.md, RESULTS.md)
 declare -A NOISE=([sym-0.40-s0]=0.362 [cifar10n-worse]=0.418 [cifar10n-aggre]=0.092)
