@@ -5,7 +5,9 @@
 #   3. the Trainer against a bare torch loop, real against synthetic data    -> trainer.json, trainer.md
 #   4. the fast recipes of CE, SELC and ALR at sym-40 % (cifar10_fast_*.yaml) -> runs.json, runs.md
 # and writes those 5 files plus gpu_check.log into one folder (at most 8 files; run folders go to $WORK).
-#   usage: tools/gpu_check.sh [--dry-run] [OUT_DIR]    OUT_DIR default: $OUT, else runs/gpu-check-<time>
+#   usage: [METHODS="ce alr selc"] tools/gpu_check.sh [--dry-run] [OUT_DIR]    OUT_DIR default: $OUT, else
+#   runs/gpu-check-<time>. runs.md/.json are rewritten after each recipe, so a check cut off by a time limit
+#   keeps what finished (CE and ALR first: the comparison the recipes exist for).
 # --dry-run: every stage for a few steps on the CPU, on the shipped demo subset (tools/demo/cifar10-demo.tar.gz),
 # with a tiny CNN and no compile (the CPU compile is tested apart, tests/test_gpu_options.py).
 # Needs the package's dependencies (pip install -e .): numba, zarr, torchvision, accelerate, pydantic are
@@ -16,6 +18,7 @@ PY=${PY:-.venv/bin/python}
 DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 OUT_DIR=${1:-${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}}
+METHODS=${METHODS:-ce alr selc}  # the fast recipes to run, in this order
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT_DIR" "$WORK"
 exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
@@ -65,26 +68,31 @@ stage "trainer vs bare loop, real vs synthetic data"
 $PY tools/bench_trainer.py --config training/configs/cifar10_fast_ce.yaml "${BENCH[@]}" --out "$OUT_DIR" \
   --work "$WORK" "${COMMON[@]}" "${SMALL[@]}"
 
-for method in ce selc alr; do
+summarise() {  # runs.md and runs.json from the recipes finished so far (a cut-off check keeps them)
+  $PY tools/report.py "$@" \
+    --title "Fast recipes, CIFAR-10 sym-40 % (tools/gpu_check.sh$([ "$DRY" = 1 ] && echo ' --dry-run'))" \
+    > "$OUT_DIR/runs.md"
+  $PY - "$OUT_DIR/runs.json" "$@" <<'EOF'
+import json, sys
+from pathlib import Path
+runs = {}
+for run_dir in map(Path, sys.argv[2:]):
+    results = json.loads((run_dir / "results.json").read_text())
+    runs[run_dir.name] = {k: v for k, v in results.items() if k != "history"}
+    runs[run_dir.name]["last_epoch"] = results["history"][-1]
+Path(sys.argv[1]).write_text(json.dumps(runs, indent=2) + "\n")
+EOF
+}
+
+finished=()
+for method in $METHODS; do
   stage "fast recipe: $method"
   extra=()
   [ "$method" != ce ] && extra=("${REFINE[@]}")
   $PY training/run.py --config "training/configs/cifar10_fast_$method.yaml" "${COMMON[@]}" "out_dir=$WORK/runs" \
     "run_name=$method" "${RUNS[@]}" "${extra[@]}"
+  finished+=("$WORK/runs/$method")
+  summarise "${finished[@]}"
 done
-
-stage "summary"
-$PY tools/report.py "$WORK/runs/ce" "$WORK/runs/selc" "$WORK/runs/alr" \
-  --title "Fast recipes, CIFAR-10 sym-40 % (tools/gpu_check.sh$([ "$DRY" = 1 ] && echo ' --dry-run'))" \
-  | tee "$OUT_DIR/runs.md"
-$PY - "$WORK/runs" "$OUT_DIR/runs.json" <<'EOF'
-import json, sys
-from pathlib import Path
-runs = {}
-for method in ("ce", "selc", "alr"):
-    results = json.loads((Path(sys.argv[1]) / method / "results.json").read_text())
-    runs[method] = {k: v for k, v in results.items() if k != "history"}
-    runs[method]["last_epoch"] = results["history"][-1]
-Path(sys.argv[2]).write_text(json.dumps(runs, indent=2) + "\n")
-EOF
+cat "$OUT_DIR/runs.md"
 echo "results in $OUT_DIR: $(ls "$OUT_DIR" | tr '\n' ' ')"
