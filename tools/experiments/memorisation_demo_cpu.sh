@@ -63,10 +63,12 @@ declare -A RUN=(
   [ebomlc-alg2]="method.name=ebomlc method.params.main_lower_step=false"
   [ebomlc-clean_in_lower]="method.name=ebomlc method.params.clean_in_lower=true"
   [mlc-noisy_lower]="method.name=mlc method.params.clean_in_lower=false"
+  [mlc_d-bome]="method.name=mlc_d method.params.w1_grad=bome"
 )
 # the seed papers' methods first, then the baselines, then the first readings (the order they run in)
 ORDER=(ce selc alr ido ebomlc surrogate gce elr coteaching ebomlc-probs ido-per_sample l2rw mlc sce sop mwnet
-       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower jocor elr_plus sop_plus)
+       dividemix ebomlc-alg2 ebomlc-bome mlc_d ebomlc-clean_in_lower mlc-noisy_lower jocor elr_plus sop_plus
+       mlc_d-bome)
 ONLY=${ONLY:-${ORDER[*]}}
 # realised wrong-label fraction of the demo subset's label sets (tools/demo/README.md, RESULTS.md)
 declare -A NOISE=([sym-0.40-s0]=0.362 [cifar10n-worse]=0.418 [cifar10n-aggre]=0.092)
