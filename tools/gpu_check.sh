@@ -3,7 +3,7 @@
 #   1. convert CIFAR-10 (../shared/data/cifar10/cifar10-jpg.tar.gz, or $CIFAR10_ARCHIVE) with sym-40 % labels,
 #   2. the loader benchmark in cache mode on the device                      -> loader.md
 #   3. the Trainer against a bare torch loop, real against synthetic data    -> trainer.json, trainer.md
-#   4. the fast recipes of CE, SELC and ALR at sym-40 % (cifar10_fast_*.yaml) -> runs.json, runs.md
+#   4. the fast recipes of CE, ALR and SELC at sym-40 % (cifar10_fast_*.yaml) -> runs.json, runs.md
 # and writes those 5 files plus gpu_check.log into one folder (at most 8 files; run folders go to $WORK).
 #   usage: [METHODS="ce alr selc"] tools/gpu_check.sh [--dry-run] [OUT_DIR]    OUT_DIR default: $OUT, else
 #   runs/gpu-check-<time>. runs.md/.json are rewritten after each recipe, so a check cut off by a time limit
@@ -68,10 +68,12 @@ stage "trainer vs bare loop, real vs synthetic data"
 $PY tools/bench_trainer.py --config training/configs/cifar10_fast_ce.yaml "${BENCH[@]}" --out "$OUT_DIR" \
   --work "$WORK" "${COMMON[@]}" "${SMALL[@]}"
 
-summarise() {  # runs.md and runs.json from the recipes finished so far (a cut-off check keeps them)
+summarise() {  # runs.md and runs.json from the recipes finished so far (a cut-off check keeps them);
+  # each written beside and then renamed, so a check killed mid-write keeps the previous complete file
   $PY tools/report.py "$@" \
     --title "Fast recipes, CIFAR-10 sym-40 % (tools/gpu_check.sh$([ "$DRY" = 1 ] && echo ' --dry-run'))" \
-    > "$OUT_DIR/runs.md"
+    > "$OUT_DIR/runs.md.part"
+  mv "$OUT_DIR/runs.md.part" "$OUT_DIR/runs.md"
   $PY - "$OUT_DIR/runs.json" "$@" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -80,7 +82,9 @@ for run_dir in map(Path, sys.argv[2:]):
     results = json.loads((run_dir / "results.json").read_text())
     runs[run_dir.name] = {k: v for k, v in results.items() if k != "history"}
     runs[run_dir.name]["last_epoch"] = results["history"][-1]
-Path(sys.argv[1]).write_text(json.dumps(runs, indent=2) + "\n")
+part = Path(sys.argv[1] + ".part")
+part.write_text(json.dumps(runs, indent=2) + "\n")
+part.replace(sys.argv[1])
 EOF
 }
 
